@@ -1,0 +1,37 @@
+# Every target bootstraps its own virtual environment: only python3 >= 3.11 is assumed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+
+.PHONY: env test demo bench proto proto-check lint clean
+
+$(READY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(READY)
+
+env: $(READY)
+
+test: $(READY)
+	$(BIN)/python -m pytest
+
+demo: $(READY)
+	$(BIN)/python examples/quickstart.py
+
+bench: $(READY)
+	$(BIN)/python benchmarks/run.py
+
+proto: $(READY)
+	$(BIN)/python protos/generate.py
+
+proto-check: $(READY)
+	$(BIN)/python protos/generate.py --check
+
+lint: $(READY)
+	$(BIN)/ruff check src tests benchmarks examples protos
+	$(BIN)/pyright
+
+clean:
+	rm -rf $(VENV) build dist

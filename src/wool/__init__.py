@@ -1,0 +1,47 @@
+"""wool: structured concurrency across the wire.
+
+Decorate an async function with :func:`wool.routine`, open a :class:`wool.WorkerPool`, and
+await the function: it runs on a worker process and its result or exception comes back as if
+the call were local. Works the same under asyncio and trio.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+from wool._errors import (
+    NoPoolError,
+    NoWorkersAvailable,
+    ProtocolError,
+    SerializationError,
+    TaskException,
+    WoolError,
+    WorkerLost,
+    WorkerStartError,
+)
+from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
+from wool.pool import WorkerPool
+from wool.routine import Routine, routine
+
+__all__ = [
+    "LoadBalancerLike",
+    "NoPoolError",
+    "NoWorkersAvailable",
+    "ProtocolError",
+    "RoundRobinLoadBalancer",
+    "Routine",
+    "SerializationError",
+    "TaskException",
+    "WoolError",
+    "WorkerLost",
+    "WorkerPool",
+    "WorkerStartError",
+    "__version__",
+    "routine",
+]
+
+try:
+    __version__ = _version("wool")
+except _PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"

@@ -1,0 +1,77 @@
+"""wool's own exceptions. Every error wool raises on its own account is a WoolError."""
+
+from __future__ import annotations
+
+__all__ = [
+    "NoPoolError",
+    "NoWorkersAvailable",
+    "ProtocolError",
+    "SerializationError",
+    "TaskException",
+    "WoolError",
+    "WorkerLost",
+    "WorkerStartError",
+]
+
+
+class WoolError(Exception):
+    """Base class of the errors wool raises itself (not those raised by routines)."""
+
+
+class NoPoolError(WoolError, RuntimeError):
+    """A routine was called outside any worker pool."""
+
+    def __init__(self, routine: str) -> None:
+        super().__init__(
+            f"routine {routine!r} was called outside a worker pool; open one first, "
+            f"for example `async with wool.WorkerPool(): await {routine.rsplit('.', 1)[-1]}(...)`"
+        )
+
+
+class SerializationError(WoolError, TypeError):
+    """A value crossing the wire could not be pickled or unpickled."""
+
+
+class NoWorkersAvailable(WoolError):
+    """The pool has no worker that can take the call."""
+
+
+class WorkerLost(WoolError):
+    """The worker running a call died or became unreachable before answering.
+
+    Calls are at most once: wool never retries a call that may have started.
+    """
+
+    def __init__(self, message: str, *, worker: str | None = None, routine: str | None = None):
+        super().__init__(message)
+        self.worker = worker
+        self.routine = routine
+
+
+class WorkerStartError(WoolError):
+    """A worker process failed to start. ``remote_traceback`` is the worker's own traceback."""
+
+    def __init__(self, message: str, *, remote_traceback: str = "") -> None:
+        super().__init__(f"{message}\n\nworker traceback:\n{remote_traceback}" if remote_traceback else message)
+        self.remote_traceback = remote_traceback
+
+
+class ProtocolError(WoolError):
+    """A peer sent something wool cannot understand: a malformed frame or another protocol version."""
+
+
+class TaskException(WoolError):
+    """A routine raised an exception that could not be brought back as itself.
+
+    It carries the original type's name, its message and the worker's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.message}"
+        return f"{text}\n\nremote traceback:\n{self.remote_traceback}" if self.remote_traceback else text

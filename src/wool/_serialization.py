@@ -1,0 +1,98 @@
+"""Pickling of calls, results and exceptions (cloudpickle, tblib for tracebacks)."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import pickle
+import traceback
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import cloudpickle
+from tblib.pickling_support import pickle_exception, pickle_traceback
+
+from wool._errors import SerializationError, TaskException
+
+__all__ = ["dumps", "dumps_call", "dumps_exception", "loads", "loads_exception"]
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle that keeps tracebacks, causes, contexts and notes of exceptions.
+
+    tblib's reducers are applied here instead of through ``copyreg`` so that wool never
+    changes how the rest of the program pickles exceptions.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException):
+            return pickle_exception(obj)
+        if isinstance(obj, TracebackType):
+            return pickle_traceback(obj)
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle a call; on failure say which argument could not be pickled and why."""
+    try:
+        return dumps((fn, args, kwargs))
+    except Exception as exc:
+        raise _explain_call_failure(fn, args, kwargs, exc) from exc
+
+
+def _explain_call_failure(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+) -> SerializationError:
+    name = getattr(fn, "__qualname__", repr(fn))
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        bound = {f"#{i}": value for i, value in enumerate(args)} | kwargs
+    for param, value in bound.items():
+        try:
+            dumps(value)
+        except Exception as reason:
+            return SerializationError(
+                f"argument {param!r} of routine {name!r} cannot be pickled "
+                f"({type(value).__name__}): {reason}. Pass a picklable value, "
+                f"or something the worker can use to build it (a path, an address)."
+            )
+    return SerializationError(f"routine {name!r} cannot be pickled: {exc}")
+
+
+def dumps_exception(exc: BaseException) -> tuple[bytes, str, str, str]:
+    """Pickle an exception for the wire: (pickle or b"", type name, message, traceback text)."""
+    text = "".join(traceback.format_exception(exc))
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        data = dumps(exc)
+        pickle.loads(data)  # a pickle that will not load on the caller is no better than none
+    except Exception:
+        data = b""
+    return data, type_name, str(exc), text
+
+
+def loads_exception(data: bytes, type_name: str, message: str, text: str) -> BaseException:
+    """The exception the routine raised, or a TaskException describing it."""
+    if data:
+        try:
+            exc = pickle.loads(data)
+        except Exception:
+            pass
+        else:
+            if isinstance(exc, BaseException):
+                return exc
+    return TaskException(type_name, message, text)

@@ -1,0 +1,164 @@
+"""Same-host discovery through a directory of small files, one per worker.
+
+Each worker is a JSON file named after its id in ``<tmp>/wool-<uid>/<namespace>/``,
+written atomically (write then rename). Subscribers poll the directory. An entry whose
+process is gone is dropped, and its file removed, by whoever notices first; the last
+publisher to leave removes the directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import anyio
+
+from wool.discovery._protocol import DiscoveryEvent, EventKind, WorkerFilter, WorkerMetadata
+
+__all__ = ["LocalDiscovery"]
+
+log = logging.getLogger("wool.discovery")
+
+
+def _root() -> Path:
+    return Path(tempfile.gettempdir()) / f"wool-{os.getuid()}"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalDiscovery:
+    """Workers on this host, grouped by namespace.
+
+    ``namespace`` defaults to a fresh random one, so pools do not see each other's
+    workers unless they name the same namespace.
+    """
+
+    def __init__(self, namespace: str | None = None, *, poll_interval: float = 0.05) -> None:
+        self.namespace = namespace or f"ns-{uuid.uuid4().hex[:12]}"
+        if "/" in self.namespace or self.namespace.startswith("."):
+            raise ValueError(f"invalid namespace {self.namespace!r}: use letters, digits, '-' or '_'")
+        self.poll_interval = poll_interval
+
+    def __repr__(self) -> str:
+        return f"LocalDiscovery(namespace={self.namespace!r})"
+
+    @property
+    def path(self) -> Path:
+        return _root() / self.namespace
+
+    @asynccontextmanager
+    async def publisher(self) -> AsyncIterator[_Publisher]:
+        publisher = _Publisher(self.path)
+        try:
+            yield publisher
+        finally:
+            publisher.withdraw_all()
+
+    @asynccontextmanager
+    async def subscriber(self, filter: WorkerFilter | None = None) -> AsyncIterator[AsyncIterator[DiscoveryEvent]]:
+        yield self._events(filter)
+
+    async def _events(self, filter: WorkerFilter | None) -> AsyncIterator[DiscoveryEvent]:
+        known: dict[str, WorkerMetadata] = {}
+        while True:
+            current = {w.id: w for w in self.scan() if filter is None or filter(w)}
+            for worker_id in known.keys() - current.keys():
+                yield DiscoveryEvent("worker-dropped", known.pop(worker_id))
+            for worker_id, worker in current.items():
+                previous = known.get(worker_id)
+                if previous != worker:
+                    known[worker_id] = worker
+                    yield DiscoveryEvent("worker-added" if previous is None else "worker-updated", worker)
+            await anyio.sleep(self.poll_interval)
+
+    def scan(self) -> list[WorkerMetadata]:
+        """The live workers of the namespace now; removes entries of dead processes."""
+        workers: list[WorkerMetadata] = []
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return workers
+        for entry in entries:
+            if not entry.name.endswith(".json"):
+                continue
+            try:
+                worker = _decode(Path(entry.path).read_bytes())
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            if _alive(worker.pid):
+                workers.append(worker)
+            else:
+                log.info("dropping worker %s of namespace %s: process %d is gone", worker.id, self.namespace, worker.pid)
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        return workers
+
+    def cleanup(self) -> None:
+        """Remove the namespace's directory if nothing live is published in it."""
+        if not self.scan():
+            _prune(self.path)
+
+
+class _Publisher:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._published: set[str] = set()
+
+    async def publish(self, kind: EventKind, worker: WorkerMetadata) -> None:
+        entry = self._path / f"{worker.id}.json"
+        if kind == "worker-dropped":
+            self._withdraw(worker.id)
+            return
+        self._path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = entry.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_bytes(_encode(worker))
+        os.replace(staging, entry)
+        self._published.add(worker.id)
+
+    def _withdraw(self, worker_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._path / f"{worker_id}.json").unlink()
+        self._published.discard(worker_id)
+
+    def withdraw_all(self) -> None:
+        for worker_id in list(self._published):
+            self._withdraw(worker_id)
+        _prune(self._path)
+
+
+def _prune(path: Path) -> None:
+    for directory in (path, path.parent):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _encode(worker: WorkerMetadata) -> bytes:
+    data = asdict(worker)
+    data["tags"] = sorted(worker.tags)
+    return json.dumps(data).encode()
+
+
+def _decode(data: bytes) -> WorkerMetadata:
+    fields = json.loads(data)
+    fields["tags"] = frozenset(fields["tags"])
+    return WorkerMetadata(**fields)

@@ -1,0 +1,193 @@
+"""``wool.WorkerPool``: the async context manager routines run in."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import uuid
+from contextvars import Token
+from dataclasses import replace
+from types import TracebackType
+from typing import Literal
+
+import anyio
+
+from wool._errors import WorkerStartError
+from wool.discovery import LocalDiscovery, WorkerMetadata
+from wool.loadbalancer import LoadBalancerLike
+from wool.pool._proxy import WorkerProxy, open_proxy
+from wool.routine import Dispatcher, dispatcher_var
+from wool.transport import Portal, current_backend, portal_for_host
+from wool.worker import WorkerConfig, WorkerProcess
+
+__all__ = ["WorkerPool"]
+
+log = logging.getLogger("wool.pool")
+
+Backend = Literal["asyncio", "trio"]
+
+
+class WorkerPool:
+    """A pool of worker processes that routine calls in its scope are sent to.
+
+    ``async with WorkerPool(): ...`` starts ``os.cpu_count()`` workers on this host;
+    ``WorkerPool(size=N)`` starts N. Positional ``tags`` are advertised by the workers and
+    required of every worker the pool uses. While the ``async with`` block runs, routines
+    called from it (and from tasks it starts) run on the pool's workers; routines that call
+    routines on a worker use the same pool.
+
+    Arguments:
+        size: how many workers to spawn; defaults to ``os.cpu_count()``.
+        backend: event loop of the workers, ``"asyncio"`` or ``"trio"``; defaults to the
+            backend of the program that opens the pool.
+        grace: seconds that stopping workers and cancelled calls get to finish unwinding
+            before they are killed or abandoned.
+        start_timeout: seconds a worker may take to start before the pool gives up.
+        imports: modules every worker imports before it serves (to warm heavy imports,
+            or fail fast at start-up when they are broken).
+        loadbalancer: picks the worker for each call; round robin by default.
+        log_level: logging level of the worker processes.
+
+    Exiting the block stops every worker (SIGTERM, then SIGKILL after ``grace``), also
+    when the block raised or was cancelled; nothing is left running.
+    """
+
+    def __init__(
+        self,
+        *tags: str,
+        size: int | None = None,
+        backend: Backend | None = None,
+        grace: float = 5.0,
+        start_timeout: float = 60.0,
+        imports: tuple[str, ...] | list[str] = (),
+        loadbalancer: LoadBalancerLike | None = None,
+        log_level: int | None = None,
+    ) -> None:
+        if size is None:
+            size = os.cpu_count() or 1
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
+        if backend not in (None, "asyncio", "trio"):
+            raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
+        if not math.isfinite(grace) or grace < 0:
+            raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
+        for tag in tags:
+            if not isinstance(tag, str) or not tag:
+                raise TypeError(f"tags must be non-empty strings, got {tag!r}")
+        self.tags = frozenset(tags)
+        self.size = size
+        self.backend = backend
+        self.grace = grace
+        self.start_timeout = start_timeout
+        self.imports = tuple(imports)
+        self.log_level = log_level if log_level is not None else logging.getLogger("wool").getEffectiveLevel()
+        self._loadbalancer = loadbalancer
+        self._portal: Portal | None = None
+        self._processes: list[WorkerProcess] = []
+        self._discovery: LocalDiscovery | None = None
+        self._proxy_scope: open_proxy | None = None
+        self._proxy: WorkerProxy | None = None
+        self._token: Token[Dispatcher | None] | None = None
+
+    @property
+    def workers(self) -> list[WorkerMetadata]:
+        """The workers the pool currently uses."""
+        return [] if self._proxy is None else self._proxy.workers
+
+    async def __aenter__(self) -> WorkerPool:
+        if self._portal is not None:
+            raise RuntimeError("this WorkerPool is already open; create one per `async with`")
+        backend = self.backend or current_backend()
+        self._portal = portal_for_host()
+        self._discovery = LocalDiscovery(f"pool-{uuid.uuid4().hex[:12]}")
+        try:
+            await self._spawn(backend)
+            self._proxy_scope = open_proxy(
+                self._portal,
+                self._discovery,
+                grace=self.grace,
+                wait_for_workers=self.start_timeout,
+                filter=lambda w: self.tags <= w.tags,
+                loadbalancer=self._loadbalancer,
+                description=f"pool {self._discovery.namespace}",
+            )
+            self._proxy = await self._proxy_scope.__aenter__()
+            for process in self._processes:
+                assert process.metadata is not None
+                self._proxy.add(process.metadata)
+        except BaseException:
+            await self._close()
+            raise
+        self._token = dispatcher_var.set(self._proxy)
+        log.info("pool %s open: %d %s worker(s)", self._discovery.namespace, self.size, backend)
+        return self
+
+    async def _spawn(self, backend: str) -> None:
+        assert self._discovery is not None
+        config = WorkerConfig(
+            id="",
+            discovery=self._discovery,
+            backend=backend,
+            tags=self.tags,
+            grace=self.grace,
+            wait_for_workers=self.start_timeout,
+            sys_path=list(sys.path),
+            imports=self.imports,
+            log_level=self.log_level,
+        )
+        self._processes = [
+            WorkerProcess(_with_id(config, f"{self._discovery.namespace}-{i}")) for i in range(self.size)
+        ]
+        errors: list[BaseException] = []
+
+        async def start(process: WorkerProcess) -> None:
+            try:
+                await process.start(self.start_timeout)
+            except Exception as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for process in self._processes:
+                tg.start_soon(start, process)
+        if errors:
+            first = errors[0]
+            if len(errors) > 1 and isinstance(first, WorkerStartError):
+                first.add_note(f"{len(errors) - 1} other worker(s) of the pool failed too")
+            raise first
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            dispatcher_var.reset(self._token)
+            self._token = None
+        await self._close()
+
+    async def _close(self) -> None:
+        try:
+            if self._proxy_scope is not None:
+                # Not under another scope: its task group must be the task's current scope.
+                await self._proxy_scope.__aexit__(None, None, None)
+        finally:
+            self._proxy_scope = self._proxy = None
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as tg:
+                    for process in self._processes:
+                        tg.start_soon(process.stop, self.grace)
+                self._processes = []
+                if self._discovery is not None:
+                    self._discovery.cleanup()
+                if self._portal is not None:
+                    self._portal.close()
+                    self._portal = None
+        if self._discovery is not None:
+            log.info("pool %s closed", self._discovery.namespace)
+
+
+def _with_id(config: WorkerConfig, worker_id: str) -> WorkerConfig:
+    return replace(config, id=worker_id)

@@ -1,0 +1,255 @@
+"""The client side of a pool: known workers, connections, and dispatch of calls."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import uuid
+from typing import Any
+
+import anyio
+import betterproto2
+
+from wool._errors import NoWorkersAvailable, ProtocolError, SerializationError, WorkerLost
+from wool._serialization import loads, loads_exception
+from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
+from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
+from wool.transport import (
+    PROTOCOL_VERSION,
+    Client,
+    ConnectionLost,
+    Portal,
+    RejectedReason,
+    Request,
+    Response,
+    Task,
+)
+
+__all__ = ["WorkerProxy", "open_proxy"]
+
+log = logging.getLogger("wool.pool")
+
+_CALLER = f"{os.uname().nodename}:{os.getpid()}"
+
+
+class WorkerProxy:
+    """Dispatches routine calls to the workers it knows, one connection per worker."""
+
+    def __init__(
+        self,
+        portal: Portal,
+        *,
+        grace: float,
+        wait_for_workers: float,
+        loadbalancer: LoadBalancerLike | None = None,
+        description: str = "the pool",
+    ) -> None:
+        self._portal = portal
+        self._grace = grace
+        self._wait_for_workers = wait_for_workers
+        self._balancer = loadbalancer if loadbalancer is not None else RoundRobinLoadBalancer()
+        self._clients: dict[str, Client] = {}
+        self._closing: list[Client] = []
+        self._workers: dict[str, WorkerMetadata] = {}
+        self._changed = anyio.Event()
+        self._ids = map(f"{uuid.uuid4().hex[:12]}-{{}}".format, itertools.count())
+        self._description = description
+
+    @property
+    def workers(self) -> list[WorkerMetadata]:
+        return list(self._workers.values())
+
+    def add(self, worker: WorkerMetadata) -> None:
+        known = self._workers.get(worker.id)
+        if known == worker:
+            return
+        if known is not None and known.address != worker.address:
+            self._forget_client(worker.id)
+        self._workers[worker.id] = worker
+        self._balancer.add(worker)
+        log.debug("worker %s at %s joined %s", worker.id, worker.address, self._description)
+        self._notify()
+
+    def remove(self, worker_id: str) -> None:
+        if self._workers.pop(worker_id, None) is None:
+            return
+        self._balancer.remove(worker_id)
+        self._forget_client(worker_id)
+        log.info("worker %s left %s", worker_id, self._description)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _forget_client(self, worker_id: str) -> None:
+        client = self._clients.pop(worker_id, None)
+        if client is not None:
+            self._closing.append(client)
+
+    async def _choose(self) -> WorkerMetadata:
+        worker = self._balancer.choose()
+        if worker is not None:
+            return worker
+        with anyio.move_on_after(self._wait_for_workers):
+            while (worker := self._balancer.choose()) is None:
+                await self._changed.wait()
+            return worker
+        raise NoWorkersAvailable(
+            f"{self._description} has no workers (waited {self._wait_for_workers:g} s); "
+            "check that its workers started and match the pool's tags"
+        )
+
+    def _client(self, worker: WorkerMetadata) -> Client:
+        client = self._clients.get(worker.id)
+        if client is None:
+            client = self._clients[worker.id] = Client(worker.host, worker.port)
+        return client
+
+    async def call(
+        self, routine: str, payload: bytes, *, grace: float | None, timeout: float | None
+    ) -> Any:
+        """Run one call on a worker and return its result or raise its exception."""
+        grace = self._grace if grace is None else grace
+        call_id = next(self._ids)
+        request = Request(
+            task=Task(
+                version=PROTOCOL_VERSION,
+                id=call_id,
+                routine=routine,
+                callable=payload,
+                timeout=timeout,
+                grace=grace,
+                caller=_CALLER,
+            )
+        )
+        while True:
+            worker = await self._choose()
+            client = self._client(worker)
+            try:
+                response = await self._portal.run(client.call, request)
+            except ConnectionLost as exc:
+                self.remove(worker.id)
+                raise WorkerLost(
+                    f"worker {worker.id} at {worker.address} was lost while running {routine!r}: {exc}",
+                    worker=worker.id,
+                    routine=routine,
+                ) from None
+            except anyio.get_cancelled_exc_class():
+                await self._cancel_remote(client, call_id, grace)
+                raise
+            kind, body = betterproto2.which_one_of(response, "body")
+            if kind == "rejected" and body.reason == RejectedReason.STOPPING:
+                self.remove(worker.id)  # it never started: another worker may take it
+                continue
+            return await _outcome(kind, body, routine, worker)
+
+    async def _cancel_remote(self, client: Client, call_id: str, grace: float) -> None:
+        # The stream was reset already, which cancels the routine; this waits until the
+        # worker says the routine has finished unwinding, up to the grace period.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+            with contextlib.suppress(ConnectionLost):
+                await self._portal.run(client.cancel, call_id, grace)
+
+    async def aclose(self) -> None:
+        clients = [*self._clients.values(), *self._closing]
+        self._clients.clear()
+        self._closing.clear()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await self._portal.run(client.close)
+
+
+async def _outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -> Any:
+    if kind == "result":
+        try:
+            return loads(body)
+        except Exception as exc:
+            raise SerializationError(
+                f"the value returned by {routine!r} cannot be unpickled here: {exc}"
+            ) from exc
+    if kind == "failure":
+        raise loads_exception(body.exception, body.type, body.message, body.traceback)
+    if kind == "cancelled":
+        if body.deadline:
+            # The worker ran out the caller's own deadline first; the caller's scope is
+            # about to expire too, and that is what the caller must see.
+            deadline = anyio.current_effective_deadline()
+            if deadline != float("inf"):
+                await anyio.sleep_until(deadline)
+                await anyio.lowlevel.checkpoint()
+            raise TimeoutError(f"{routine!r} ran out of time on worker {worker.id}")
+        raise WorkerLost(
+            f"worker {worker.id} at {worker.address} stopped and cancelled {routine!r}",
+            worker=worker.id,
+            routine=routine,
+        )
+    if kind == "rejected":
+        if body.reason == RejectedReason.EXPIRED:
+            return await _outcome("cancelled", _Deadline, routine, worker)
+        raise ProtocolError(f"worker {worker.id} refused {routine!r}: {body.detail}")
+    raise ProtocolError(f"worker {worker.id} sent an unknown answer for {routine!r}: {kind!r}")
+
+
+class _Deadline:
+    deadline = True
+
+
+class open_proxy:
+    """``async with open_proxy(...) as proxy``: a proxy that ``discovery`` keeps up to date.
+
+    A class rather than a generator so that an exception from the body of the ``async
+    with`` passes through unchanged instead of wrapped in a task group's ExceptionGroup.
+    """
+
+    def __init__(
+        self,
+        portal: Portal,
+        discovery: DiscoveryLike | None,
+        *,
+        grace: float,
+        wait_for_workers: float,
+        filter: WorkerFilter | None = None,
+        loadbalancer: LoadBalancerLike | None = None,
+        description: str = "the pool",
+    ) -> None:
+        self._discovery = discovery
+        self._filter = filter
+        self._proxy = WorkerProxy(
+            portal,
+            grace=grace,
+            wait_for_workers=wait_for_workers,
+            loadbalancer=loadbalancer,
+            description=description,
+        )
+        self._tg = anyio.create_task_group()
+
+    async def __aenter__(self) -> WorkerProxy:
+        await self._tg.__aenter__()
+        if self._discovery is not None:
+            self._tg.start_soon(_follow, self._discovery, self._filter, self._proxy)
+        return self._proxy
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._tg.cancel_scope.cancel()
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._proxy.aclose()
+
+
+async def _follow(discovery: DiscoveryLike, filter: WorkerFilter | None, proxy: WorkerProxy) -> None:
+    try:
+        async with discovery.subscriber(filter) as events:
+            async for event in events:
+                if event.kind == "worker-dropped":
+                    proxy.remove(event.worker.id)
+                else:
+                    proxy.add(event.worker)
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception:
+        log.exception("discovery %r failed; the pool no longer learns of new workers", discovery)

@@ -1,0 +1,32 @@
+"""Which pool a routine call goes to."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+__all__ = ["Dispatcher", "current_dispatcher", "dispatcher_var", "set_process_dispatcher"]
+
+
+class Dispatcher(Protocol):
+    """Sends one call to a worker and returns its result (``wool.pool`` implements it)."""
+
+    async def call(
+        self, routine: str, payload: bytes, *, grace: float | None, timeout: float | None
+    ) -> Any: ...
+
+
+#: The pool opened by the current task (``async with WorkerPool()``).
+dispatcher_var: ContextVar[Dispatcher | None] = ContextVar("wool_dispatcher", default=None)
+
+# On a worker, the pool the worker belongs to: routines it runs call back into it.
+_process_dispatcher: Dispatcher | None = None
+
+
+def set_process_dispatcher(dispatcher: Dispatcher | None) -> None:
+    global _process_dispatcher
+    _process_dispatcher = dispatcher
+
+
+def current_dispatcher() -> Dispatcher | None:
+    return dispatcher_var.get() or _process_dispatcher

@@ -1,0 +1,131 @@
+"""The ``@wool.routine`` decorator."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Coroutine
+from types import MethodType
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+import anyio
+
+from wool._errors import NoPoolError
+from wool._serialization import dumps_call
+from wool.routine._context import current_dispatcher
+
+__all__ = ["Routine", "routine"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_Kind = Literal["function", "classmethod", "staticmethod"]
+
+
+class Routine(Generic[P, T]):
+    """An async function whose calls run on a worker of the current pool.
+
+    Calling it returns a coroutine, as calling the function would; awaiting it pickles the
+    function and arguments, sends them to a worker, and returns what the function returned
+    there or raises what it raised.
+    """
+
+    __wrapped__: Callable[P, Coroutine[Any, Any, T]]
+
+    def __init__(self, fn: Any, *, grace: float | None = None) -> None:
+        kind: _Kind = "function"
+        if isinstance(fn, classmethod):
+            kind, fn = "classmethod", fn.__func__
+        elif isinstance(fn, staticmethod):
+            kind, fn = "staticmethod", fn.__func__
+        if inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"{fn.__qualname__} is an async generator function; "
+                "generator routines are not supported yet, decorate an `async def` coroutine function"
+            )
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"@wool.routine needs an `async def` function, got {fn!r}"
+            )
+        if grace is not None and grace < 0:
+            raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self._kind = kind
+        self._grace = grace
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if self._kind == "staticmethod":
+            return self
+        if self._kind == "classmethod":
+            return MethodType(self, owner if owner is not None else type(instance))
+        if instance is None:
+            return self
+        return MethodType(self, instance)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        return self._dispatch(args, kwargs)
+
+    async def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        dispatcher = current_dispatcher()
+        if dispatcher is None:
+            raise NoPoolError(self.__qualname__)
+        payload = dumps_call(self, args, kwargs)
+        deadline = anyio.current_effective_deadline()
+        timeout = None if deadline == float("inf") else deadline - anyio.current_time()
+        return await dispatcher.call(self.__qualname__, payload, grace=self._grace, timeout=timeout)
+
+    def run_here(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
+        """Run the function in this process (what a worker does with a call)."""
+        return self._fn(*args, **kwargs)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # An importable routine travels by reference: the worker imports it.
+        if self.__module__ != "__main__" and _resolve(self.__module__, self.__qualname__) is self:
+            return _resolve, (self.__module__, self.__qualname__)
+        return super().__reduce_ex__(protocol)
+
+    def __repr__(self) -> str:
+        return f"<wool.routine {self.__module__}.{self.__qualname__}>"
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    obj: Any = sys.modules.get(module) or importlib.import_module(module)
+    for part in qualname.split("."):
+        if part == "<locals>":
+            return None
+        obj = inspect.getattr_static(obj, part, None)
+        if isinstance(obj, (classmethod, staticmethod)):
+            obj = obj.__func__
+        if obj is None:
+            return None
+    return obj
+
+
+@overload
+def routine(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+
+@overload
+def routine(
+    *, grace: float | None = None
+) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]: ...
+
+
+def routine(fn: Any = None, /, *, grace: float | None = None) -> Any:
+    """Make an ``async def`` function (or method) run on the current pool's workers.
+
+    Use it bare (``@wool.routine``) or with options (``@wool.routine(grace=2.0)``):
+
+    - ``grace``: seconds a cancelled call waits for the remote routine to finish
+      unwinding before the caller moves on; defaults to the pool's.
+
+    Works on functions and on instance, class and static methods (put ``@wool.routine``
+    above or below ``@classmethod``/``@staticmethod``). The function, its arguments, its
+    return value and its exceptions must be picklable with cloudpickle.
+    """
+    if fn is None:
+        return lambda f: Routine(f, grace=grace)
+    return Routine(fn, grace=grace)

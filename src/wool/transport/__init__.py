@@ -1,0 +1,59 @@
+"""wool's transport: the wire protocol and how it is carried (internal).
+
+The rest of wool sees a narrow interface: a :class:`Portal` to run transport operations
+from the host's backend, a :class:`Client` per worker (``call``, ``cancel``, ``info``,
+``stop``) and a :class:`Server` that hands requests to a :class:`Service`. grpclib, HTTP/2
+and the framing stay behind it.
+"""
+
+from __future__ import annotations
+
+from wool.transport._bridge import (
+    ConnectionLost,
+    Execution,
+    Executor,
+    LoopThread,
+    Portal,
+    asyncio_executor,
+    current_backend,
+    portal_for_host,
+    trio_executor,
+)
+from wool.transport._grpc import Client, Server, Service
+from wool.transport._protocol.wool.v1 import (
+    Cancelled,
+    Failure,
+    Rejected,
+    RejectedReason,
+    Request,
+    Response,
+    Task,
+    WorkerInfo,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Cancelled",
+    "Client",
+    "ConnectionLost",
+    "Execution",
+    "Executor",
+    "Failure",
+    "LoopThread",
+    "Portal",
+    "Rejected",
+    "RejectedReason",
+    "Request",
+    "Response",
+    "Server",
+    "Service",
+    "Task",
+    "WorkerInfo",
+    "asyncio_executor",
+    "current_backend",
+    "portal_for_host",
+    "trio_executor",
+]
+
+#: Version of the messages in ``protos/wool/v1``; a worker refuses tasks of another version.
+PROTOCOL_VERSION = 1

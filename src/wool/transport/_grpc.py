@@ -1,0 +1,247 @@
+"""grpclib client and server for the ``wool.v1.Worker`` service (runs on grpclib's loop).
+
+The service mapping is written by hand: betterproto2 generates only the messages. Every
+coroutine here runs on grpclib's asyncio loop; hosts reach them through a Portal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import grpclib.client
+import grpclib.const
+import grpclib.server
+from grpclib.config import Configuration
+from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
+from h2.exceptions import H2Error
+from h2.settings import SettingCodes
+
+from wool.transport._bridge import ConnectionLost
+from wool.transport._protocol.wool.v1 import (
+    CancelRequest,
+    CancelResponse,
+    InfoRequest,
+    Request,
+    Response,
+    StopRequest,
+    StopResponse,
+    WorkerInfo,
+)
+
+__all__ = ["Client", "Server", "Service"]
+
+log = logging.getLogger("wool.transport")
+
+_DISPATCH = "/wool.v1.Worker/Dispatch"
+_CANCEL = "/wool.v1.Worker/Cancel"
+_INFO = "/wool.v1.Worker/Info"
+_STOP = "/wool.v1.Worker/Stop"
+
+# Nested calls hold a stream open while they wait for their children, so a per-connection
+# stream limit deadlocks deep fan-outs. Workers accept as many streams as memory allows.
+_MAX_CONCURRENT_STREAMS = 2**31 - 1
+
+_TRANSPORT_ERRORS = (StreamTerminatedError, ProtocolError, H2Error, ConnectionError, OSError)
+
+
+class _Codec(CodecBase):
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return message_type.parse(data)
+
+
+_CODEC = _Codec()
+
+
+def _configuration(keepalive: float | None) -> Configuration:
+    if keepalive is None:
+        return Configuration()
+    return Configuration(
+        _keepalive_time=keepalive,
+        _keepalive_timeout=keepalive,
+        _keepalive_permit_without_calls=True,
+        _http2_max_pings_without_data=0,
+    )
+
+
+class Client:
+    """One HTTP/2 connection to a worker. Create, use and close it on grpclib's loop."""
+
+    def __init__(self, host: str, port: int, *, keepalive: float | None = None) -> None:
+        self.address = f"{host}:{port}"
+        self._host = host
+        self._port = port
+        self._keepalive = keepalive
+        self._lazy_channel: grpclib.client.Channel | None = None
+
+    @property
+    def _channel(self) -> grpclib.client.Channel:
+        # grpclib binds a channel to the loop it is created on: create it on first use.
+        if self._lazy_channel is None:
+            self._lazy_channel = grpclib.client.Channel(
+                self._host, self._port, codec=_CODEC, config=_configuration(self._keepalive)
+            )
+        return self._lazy_channel
+
+    async def call(self, request: Request) -> Response:
+        """A coroutine call: one request frame (with end of stream), one response frame.
+
+        Cancelling this coroutine resets the stream, which cancels the routine on the worker.
+        """
+        stream = self._channel.request(
+            _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
+        )
+        try:
+            async with stream:
+                await stream.send_message(request, end=True)
+                response = await stream.recv_message()
+        except _TRANSPORT_ERRORS as exc:
+            raise ConnectionLost(f"connection to worker {self.address} lost: {exc}") from exc
+        except GRPCError as exc:
+            raise ConnectionLost(f"worker {self.address} failed the call: {exc.message}") from exc
+        if response is None:
+            raise ConnectionLost(f"worker {self.address} closed the call without an answer")
+        return response
+
+    async def cancel(self, call_id: str, timeout: float) -> bool:
+        """Cancel a call; returns once the worker says its routine finished unwinding."""
+        reply = await self._request(_CANCEL, CancelRequest(id=call_id), CancelResponse, timeout)
+        return reply.cancelled
+
+    async def info(self, timeout: float) -> WorkerInfo:
+        return await self._request(_INFO, InfoRequest(), WorkerInfo, timeout)
+
+    async def stop(self, grace: float, timeout: float) -> None:
+        await self._request(_STOP, StopRequest(grace=grace), StopResponse, timeout)
+
+    async def _request(self, path: str, request: Any, reply: type, timeout: float) -> Any:
+        stream = self._channel.request(
+            path, grpclib.const.Cardinality.UNARY_UNARY, type(request), reply, timeout=timeout
+        )
+        try:
+            async with stream:
+                await stream.send_message(request, end=True)
+                response = await stream.recv_message()
+        except (*_TRANSPORT_ERRORS, GRPCError, TimeoutError) as exc:
+            raise ConnectionLost(f"worker {self.address} did not answer: {exc}") from exc
+        if response is None:
+            raise ConnectionLost(f"worker {self.address} closed the request without an answer")
+        return response
+
+    async def close(self) -> None:
+        if self._lazy_channel is not None:
+            self._lazy_channel.close()
+
+
+class Service(Protocol):
+    """What a worker does with requests; implemented by ``wool.worker``."""
+
+    async def dispatch(self, request: Request) -> Response: ...
+
+    async def cancel(self, call_id: str) -> bool: ...
+
+    def info(self) -> WorkerInfo: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class _Handlers:
+    """The ``wool.v1.Worker`` service mapping for grpclib."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    async def _dispatch(self, stream: grpclib.server.Stream[Request, Response]) -> None:
+        request = await stream.recv_message()
+        if request is None:
+            return
+        response = await self._service.dispatch(request)
+        await stream.send_message(response)
+
+    async def _cancel(self, stream: grpclib.server.Stream[CancelRequest, CancelResponse]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_message(CancelResponse(cancelled=await self._service.cancel(request.id)))
+
+    async def _info(self, stream: grpclib.server.Stream[InfoRequest, WorkerInfo]) -> None:
+        await stream.recv_message()
+        await stream.send_message(self._service.info())
+
+    async def _stop(self, stream: grpclib.server.Stream[StopRequest, StopResponse]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_message(StopResponse())
+        await self._service.stop(request.grace)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        def handler(fn: Callable[[Any], Awaitable[None]], cardinality: grpclib.const.Cardinality,
+                    request: type, reply: type) -> grpclib.const.Handler:
+            return grpclib.const.Handler(fn, cardinality, request, reply)
+
+        unary = grpclib.const.Cardinality.UNARY_UNARY
+        return {
+            _DISPATCH: handler(self._dispatch, grpclib.const.Cardinality.STREAM_STREAM,
+                               Request, Response),
+            _CANCEL: handler(self._cancel, unary, CancelRequest, CancelResponse),
+            _INFO: handler(self._info, unary, InfoRequest, WorkerInfo),
+            _STOP: handler(self._stop, unary, StopRequest, StopResponse),
+        }
+
+
+class _GrpcServer(grpclib.server.Server):
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        connection_made = protocol.connection_made
+
+        def raise_stream_limit(transport: Any) -> None:
+            connection_made(transport)
+            protocol.connection._connection.update_settings(
+                {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS}
+            )
+            protocol.connection.flush()
+
+        protocol.connection_made = raise_stream_limit  # type: ignore[method-assign]
+        return protocol
+
+
+class Server:
+    """A worker's gRPC server. Start, stop and close it on grpclib's loop."""
+
+    def __init__(self, service: Service, *, keepalive: float | None = None) -> None:
+        self._server = _GrpcServer([_Handlers(service)], codec=_CODEC,
+                                   config=_configuration(keepalive))
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        await self._server.start(sock=sock)
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    def stop_accepting(self) -> None:
+        """Refuse new connections; calls on open connections go on."""
+        listener = self._server._server
+        if listener is not None:
+            listener.close()
+
+    async def close(self) -> None:
+        """Cancel what still runs and close every connection."""
+        with contextlib.suppress(RuntimeError):
+            self._server.close()
+        await self._server.wait_closed()

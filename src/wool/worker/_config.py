@@ -1,0 +1,58 @@
+"""What a pool tells a worker process it spawns (sent once, on the worker's stdin)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+from dataclasses import dataclass, field
+import cloudpickle
+
+from wool.discovery import DiscoveryLike
+
+__all__ = ["WorkerConfig", "read_config", "write_config"]
+
+_LENGTH = struct.Struct("!I")
+
+
+@dataclass
+class WorkerConfig:
+    id: str
+    discovery: DiscoveryLike
+    backend: str = "asyncio"
+    tags: frozenset[str] = field(default_factory=frozenset)
+    host: str = "127.0.0.1"
+    port: int = 0
+    grace: float = 5.0
+    wait_for_workers: float = 30.0
+    sys_path: list[str] = field(default_factory=list)
+    imports: tuple[str, ...] = ()
+    log_level: int = logging.WARNING
+    # Exit when the parent's end of stdin closes: the parent died or forgot us.
+    watch_parent: bool = True
+
+
+def write_config(config: WorkerConfig) -> bytes:
+    data = cloudpickle.dumps(config)
+    return _LENGTH.pack(len(data)) + data
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise EOFError("the worker configuration on stdin is missing or truncated")
+        data += chunk
+    return data
+
+
+def read_config(fd: int) -> WorkerConfig:
+    """Read the configuration from ``fd`` (unbuffered: the rest of stdin is the parent's liveness)."""
+    (size,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))
+    data = _read_exactly(fd, size)
+    config = pickle.loads(data)
+    if not isinstance(config, WorkerConfig):
+        raise TypeError(f"expected a WorkerConfig on stdin, got {type(config).__name__}")
+    return config

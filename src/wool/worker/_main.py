@@ -1,0 +1,107 @@
+"""Entry point of a worker process: ``python -m wool.worker REPORT_FD``.
+
+The backend-specific part of the worker lives here: it starts the event loop of the
+pool's backend and, for trio, the nursery routines run in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+import trio
+
+from wool.transport import asyncio_executor, portal_for_host, trio_executor
+from wool.transport._bridge import new_event_loop
+from wool.worker._config import WorkerConfig, read_config
+from wool.worker._worker import serve
+
+__all__ = ["main"]
+
+log = logging.getLogger("wool.worker")
+
+
+class _Reporter:
+    """Writes the one line a spawning pool waits for: ready (with the port) or failed."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.write(self._fd, json.dumps(message).encode() + b"\n")
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _watch_parent() -> None:
+    """Stop gracefully when stdin reaches EOF: the process that spawned us is gone."""
+
+    def watch() -> None:
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            pass
+        log.info("parent process is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="wool-parent-watch", daemon=True).start()
+
+
+def _run_asyncio(config: WorkerConfig, report: _Reporter) -> None:
+    async def main() -> None:
+        portal = portal_for_host()
+        await serve(config, portal, asyncio_executor(), report)
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
+
+
+def _run_trio(config: WorkerConfig, report: _Reporter) -> None:
+    async def main() -> None:
+        portal = portal_for_host()
+        try:
+            async with trio.open_nursery() as nursery:
+                await serve(config, portal, trio_executor(nursery.start_soon), report)
+                nursery.cancel_scope.cancel()
+        finally:
+            portal.close()
+
+    trio.run(main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    report = _Reporter(int(argv[0]) if argv else -1)
+    try:
+        config = read_config(0)
+        sys.path[:] = config.sys_path or sys.path
+        logging.basicConfig(
+            level=config.log_level,
+            format=f"%(asctime)s %(levelname)s %(name)s [worker {config.id}] %(message)s",
+        )
+        for module in config.imports:
+            importlib.import_module(module)
+        if config.watch_parent:
+            _watch_parent()
+        run = _run_trio if config.backend == "trio" else _run_asyncio
+        run(config, report)
+    except BaseException:
+        report({"ok": False, "error": traceback.format_exc()})
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            return 130
+        log.exception("worker failed")
+        return 1
+    return 0

@@ -1,0 +1,113 @@
+"""The worker's side of the wire: accepts tasks, runs them, answers (on grpclib's loop)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+
+import anyio
+
+from wool.discovery import WorkerMetadata
+from wool.transport import (
+    PROTOCOL_VERSION,
+    Execution,
+    Executor,
+    Rejected,
+    RejectedReason,
+    Request,
+    Response,
+    WorkerInfo,
+)
+from wool.worker._execute import CANCELLED, execute
+
+__all__ = ["WorkerService"]
+
+log = logging.getLogger("wool.worker")
+
+
+def _rejected(reason: RejectedReason, detail: str) -> Response:
+    return Response(rejected=Rejected(reason=reason, detail=detail))
+
+
+class WorkerService:
+    """Runs the calls a worker receives and keeps track of them until they finish."""
+
+    def __init__(self, executor: Executor, *, default_grace: float,
+                 on_stop_request: Callable[[float], None]) -> None:
+        self._executor = executor
+        self._default_grace = default_grace
+        self._on_stop_request = on_stop_request
+        self._running: dict[str, Execution[Response]] = {}
+        self._stopping = False
+        self._idle: anyio.Event | None = None
+        self.metadata: WorkerMetadata | None = None
+
+    async def dispatch(self, request: Request) -> Response:
+        task = request.task
+        if task is None:
+            return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
+        if task.version != PROTOCOL_VERSION:
+            return _rejected(
+                RejectedReason.VERSION,
+                f"protocol version {task.version} is not spoken here (this worker speaks "
+                f"{PROTOCOL_VERSION}); run the same wool version on callers and workers",
+            )
+        if self._stopping:
+            return _rejected(RejectedReason.STOPPING, "the worker is stopping")
+        if task.timeout is not None and task.timeout <= 0:
+            return _rejected(RejectedReason.EXPIRED, "the caller's deadline passed before the call arrived")
+        if task.id in self._running:
+            return _rejected(RejectedReason.MALFORMED, f"call id {task.id!r} is already running")
+        execution = self._executor.start(functools.partial(execute, task), on_cancelled=CANCELLED)
+        self._running[task.id] = execution
+        try:
+            return await execution.wait(task.grace or self._default_grace)
+        finally:
+            del self._running[task.id]
+            if self._idle is not None and not self._running:
+                self._idle.set()
+
+    async def cancel(self, call_id: str) -> bool:
+        execution = self._running.get(call_id)
+        if execution is None:
+            return False
+        execution.cancel()
+        with anyio.move_on_after(self._default_grace):
+            await execution.wait(self._default_grace)
+        return True
+
+    def info(self) -> WorkerInfo:
+        metadata = self.metadata
+        assert metadata is not None
+        return WorkerInfo(
+            id=metadata.id,
+            host=metadata.host,
+            port=metadata.port,
+            pid=os.getpid(),
+            tags=sorted(metadata.tags),
+            version=metadata.version,
+            protocol=PROTOCOL_VERSION,
+            backend=metadata.backend,
+            running=len(self._running),
+            secure=metadata.secure,
+        )
+
+    async def stop(self, grace: float) -> None:
+        self._on_stop_request(grace)
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new calls, let running ones finish for ``grace`` seconds, cancel the rest."""
+        self._stopping = True
+        if self._running:
+            log.info("draining %d running call(s), up to %g s", len(self._running), grace)
+            self._idle = anyio.Event()
+            with anyio.move_on_after(grace):
+                await self._idle.wait()
+        if self._running:
+            log.warning("cancelling %d call(s) still running after %g s", len(self._running), grace)
+            for execution in list(self._running.values()):
+                execution.cancel()
+            with anyio.move_on_after(grace):
+                await self._idle.wait()  # pyright: ignore[reportOptionalMemberAccess]
