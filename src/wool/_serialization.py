@@ -15,7 +15,14 @@ from tblib.pickling_support import pickle_exception, pickle_traceback
 
 from wool._errors import SerializationError, TaskException
 
-__all__ = ["dumps", "dumps_call", "dumps_exception", "loads", "loads_exception"]
+__all__ = [
+    "dumps",
+    "dumps_arguments",
+    "dumps_exception",
+    "dumps_function",
+    "loads",
+    "loads_exception",
+]
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -45,12 +52,23 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle a call; on failure say which argument could not be pickled and why."""
+def dumps_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle a call's arguments; on failure say which argument could not be pickled and why."""
     try:
-        return dumps((fn, args, kwargs))
+        return dumps((args, kwargs))
     except Exception as exc:
         raise _explain_call_failure(fn, args, kwargs, exc) from exc
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    try:
+        return dumps(fn)
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise SerializationError(
+            f"routine {name!r} cannot be pickled: {exc}. Values it uses from its module or "
+            "closure must be picklable too."
+        ) from exc
 
 
 def _explain_call_failure(
@@ -70,7 +88,7 @@ def _explain_call_failure(
                 f"({type(value).__name__}): {reason}. Pass a picklable value, "
                 f"or something the worker can use to build it (a path, an address)."
             )
-    return SerializationError(f"routine {name!r} cannot be pickled: {exc}")
+    return SerializationError(f"the arguments of routine {name!r} cannot be pickled: {exc}")
 
 
 def dumps_exception(exc: BaseException) -> tuple[bytes, str, str, str]:

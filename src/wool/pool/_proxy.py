@@ -109,7 +109,13 @@ class WorkerProxy:
         return client
 
     async def call(
-        self, routine: str, payload: bytes, *, grace: float | None, timeout: float | None
+        self,
+        routine: str,
+        function: bytes,
+        arguments: bytes,
+        *,
+        grace: float | None,
+        timeout: float | None,
     ) -> Any:
         """Run one call on a worker and return its result or raise its exception."""
         grace = self._grace if grace is None else grace
@@ -119,7 +125,8 @@ class WorkerProxy:
                 version=PROTOCOL_VERSION,
                 id=call_id,
                 routine=routine,
-                callable=payload,
+                function=function,
+                arguments=arguments,
                 timeout=timeout,
                 grace=grace,
                 caller=_CALLER,

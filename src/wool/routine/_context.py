@@ -12,7 +12,13 @@ class Dispatcher(Protocol):
     """Sends one call to a worker and returns its result (``wool.pool`` implements it)."""
 
     async def call(
-        self, routine: str, payload: bytes, *, grace: float | None, timeout: float | None
+        self,
+        routine: str,
+        function: bytes,
+        arguments: bytes,
+        *,
+        grace: float | None,
+        timeout: float | None,
     ) -> Any: ...
 
 

@@ -13,7 +13,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 import anyio
 
 from wool._errors import NoPoolError
-from wool._serialization import dumps_call
+from wool._serialization import dumps_arguments, dumps_function
 from wool.routine._context import current_dispatcher
 
 __all__ = ["Routine", "routine"]
@@ -55,6 +55,7 @@ class Routine(Generic[P, T]):
         self._fn = fn
         self._kind = kind
         self._grace = grace
+        self._pickled: bytes | None = None
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if self._kind == "staticmethod":
@@ -72,14 +73,23 @@ class Routine(Generic[P, T]):
         dispatcher = current_dispatcher()
         if dispatcher is None:
             raise NoPoolError(self.__qualname__)
-        payload = dumps_call(self, args, kwargs)
+        if self._pickled is None:
+            # Once per process: a routine defined in __main__ travels by value, and
+            # cloudpickling a function costs far more than the rest of a call.
+            self._pickled = dumps_function(self)
+        arguments = dumps_arguments(self._fn, args, kwargs)
         deadline = anyio.current_effective_deadline()
         timeout = None if deadline == float("inf") else deadline - anyio.current_time()
-        return await dispatcher.call(self.__qualname__, payload, grace=self._grace, timeout=timeout)
+        return await dispatcher.call(
+            self.__qualname__, self._pickled, arguments, grace=self._grace, timeout=timeout
+        )
 
     def run_here(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Run the function in this process (what a worker does with a call)."""
         return self._fn(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pickled": None}
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # An importable routine travels by reference: the worker imports it.

@@ -74,31 +74,55 @@ def _configuration(keepalive: float | None) -> Configuration:
     )
 
 
+# h2 counts a connection's open streams by walking all of them on every new stream, so
+# one connection with thousands of concurrent streams costs O(n^2). Calls are spread over
+# as many connections as needed, at most this many streams each. There is no limit on
+# connections: a nested fan-out holds streams while it waits, and any cap could deadlock.
+_STREAMS_PER_CONNECTION = 64
+
+
+class _Connection:
+    __slots__ = ("channel", "streams")
+
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.channel = channel
+        self.streams = 0
+
+
 class Client:
-    """One HTTP/2 connection to a worker. Create, use and close it on grpclib's loop."""
+    """The connections to one worker. Create, use and close it on grpclib's loop."""
 
     def __init__(self, host: str, port: int, *, keepalive: float | None = None) -> None:
         self.address = f"{host}:{port}"
         self._host = host
         self._port = port
         self._keepalive = keepalive
-        self._lazy_channel: grpclib.client.Channel | None = None
+        self._connections: list[_Connection] = []
+
+    def _connection(self) -> _Connection:
+        for connection in self._connections:
+            if connection.streams < _STREAMS_PER_CONNECTION:
+                return connection
+        # grpclib binds a channel to the loop it is created on: create them on first use.
+        channel = grpclib.client.Channel(
+            self._host, self._port, codec=_CODEC, config=_configuration(self._keepalive)
+        )
+        connection = _Connection(channel)
+        self._connections.append(connection)
+        return connection
 
     @property
     def _channel(self) -> grpclib.client.Channel:
-        # grpclib binds a channel to the loop it is created on: create it on first use.
-        if self._lazy_channel is None:
-            self._lazy_channel = grpclib.client.Channel(
-                self._host, self._port, codec=_CODEC, config=_configuration(self._keepalive)
-            )
-        return self._lazy_channel
+        return self._connection().channel
 
     async def call(self, request: Request) -> Response:
         """A coroutine call: one request frame (with end of stream), one response frame.
 
         Cancelling this coroutine resets the stream, which cancels the routine on the worker.
         """
-        stream = self._channel.request(
+        connection = self._connection()
+        connection.streams += 1
+        stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
         )
         try:
@@ -109,6 +133,8 @@ class Client:
             raise ConnectionLost(f"connection to worker {self.address} lost: {exc}") from exc
         except GRPCError as exc:
             raise ConnectionLost(f"worker {self.address} failed the call: {exc.message}") from exc
+        finally:
+            connection.streams -= 1
         if response is None:
             raise ConnectionLost(f"worker {self.address} closed the call without an answer")
         return response
@@ -139,8 +165,9 @@ class Client:
         return response
 
     async def close(self) -> None:
-        if self._lazy_channel is not None:
-            self._lazy_channel.close()
+        for connection in self._connections:
+            connection.channel.close()
+        self._connections.clear()
 
 
 class Service(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import anyio
@@ -30,7 +31,8 @@ async def execute(task: Task, scope: anyio.CancelScope) -> Response:
     if task.timeout is not None:
         scope.deadline = anyio.current_time() + task.timeout
     try:
-        fn, args, kwargs = loads(task.callable)
+        fn = _load_function(task.function)
+        args, kwargs = loads(task.arguments)
     except BaseException as exc:
         log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
         return failure(
@@ -52,6 +54,21 @@ async def execute(task: Task, scope: anyio.CancelScope) -> Response:
     if scope.deadline <= anyio.current_time():
         return Response(cancelled=Cancelled(deadline=True))
     return CANCELLED
+
+
+_functions: OrderedDict[bytes, Any] = OrderedDict()
+_FUNCTIONS_KEPT = 512
+
+
+def _load_function(data: bytes) -> Any:
+    """Unpickle a routine, remembering the most recent ones: callers send the same bytes."""
+    fn = _functions.get(data)
+    if fn is None:
+        fn = loads(data)
+        _functions[data] = fn
+        if len(_functions) > _FUNCTIONS_KEPT:
+            _functions.popitem(last=False)
+    return fn
 
 
 def _result(task: Task, value: Any) -> Response:

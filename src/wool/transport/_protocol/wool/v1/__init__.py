@@ -308,14 +308,13 @@ class Task(betterproto2.Message):
     Qualified name of the routine, for logs and error messages only.
     """
 
-    callable: "bytes" = betterproto2.field(4, betterproto2.TYPE_BYTES)
+    function: "bytes" = betterproto2.field(4, betterproto2.TYPE_BYTES)
     """
-    cloudpickle of (function, args, kwargs).
+    cloudpickle of the routine. The same routine pickles to the same bytes in
+    a caller process, so workers cache what they unpickle here.
     """
 
-    timeout: "float | None" = betterproto2.field(
-        5, betterproto2.TYPE_DOUBLE, optional=True
-    )
+    timeout: "float | None" = betterproto2.field(5, betterproto2.TYPE_DOUBLE, optional=True)
     """
     Seconds left until the caller's deadline; absent when it has none.
     """
@@ -338,6 +337,11 @@ class Task(betterproto2.Message):
     caller: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
     """
     Identifies the calling process, for logs.
+    """
+
+    arguments: "bytes" = betterproto2.field(10, betterproto2.TYPE_BYTES)
+    """
+    cloudpickle of (args, kwargs).
     """
 
 

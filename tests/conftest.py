@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+WOOL_TMP = Path(tempfile.gettempdir()) / f"wool-{os.getuid()}"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def child_pids() -> set[int]:
+    pids: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            pids.update(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Fail any test that leaves a child process (a worker) running."""
+    before = child_pids()
+    yield
+    deadline = time.monotonic() + 2
+    while True:
+        left = {pid for pid in child_pids() - before if _alive(pid)}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"test left child processes running: {sorted(left)}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_leftover_files() -> Iterator[None]:
+    """After the whole suite, nothing wool created is left in the temp dir."""
+    existed = WOOL_TMP.exists()
+    yield
+    if not existed and WOOL_TMP.exists():
+        left = sorted(str(p) for p in WOOL_TMP.rglob("*"))
+        pytest.fail(f"the suite left wool files behind: {left or [str(WOOL_TMP)]}")
