@@ -23,7 +23,9 @@ TARGET = ROOT / "src" / "wool" / "transport" / "_protocol"
 def generate(out: Path) -> None:
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     # The betterproto2 plugin and the ruff it formats with live beside this Python.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     subprocess.run(
         [
             sys.executable,
@@ -55,7 +57,12 @@ def main() -> int:
         if check:
             stale = differences(out, TARGET)
             if stale:
-                print("generated protobuf code is stale; run `make proto`:", *stale, sep="\n  ", file=sys.stderr)
+                print(
+                    "generated protobuf code is stale; run `make proto`:",
+                    *stale,
+                    sep="\n  ",
+                    file=sys.stderr,
+                )
                 return 1
             return 0
         if TARGET.exists():

@@ -51,7 +51,7 @@ async def test_trio_routine_runs_on_trio_worker() -> None:
     async def trio_only() -> str:
         import trio
 
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.sleep, 0)
         return type(trio.lowlevel.current_task()).__name__

@@ -21,9 +21,10 @@ class WoolError(Exception):
 class NoPoolError(WoolError, RuntimeError):
     """A routine was called outside any worker pool."""
 
-    def __init__(self, routine: str) -> None:
+    def __init__(self, routine: str, *, closed: bool = False) -> None:
+        where = "after its worker pool closed" if closed else "outside a worker pool"
         super().__init__(
-            f"routine {routine!r} was called outside a worker pool; open one first, "
+            f"routine {routine!r} was called {where}; call it while a pool is open, "
             f"for example `async with wool.WorkerPool(): await {routine.rsplit('.', 1)[-1]}(...)`"
         )
 
@@ -52,12 +53,14 @@ class WorkerStartError(WoolError):
     """A worker process failed to start. ``remote_traceback`` is the worker's own traceback."""
 
     def __init__(self, message: str, *, remote_traceback: str = "") -> None:
-        super().__init__(f"{message}\n\nworker traceback:\n{remote_traceback}" if remote_traceback else message)
+        super().__init__(
+            f"{message}\n\nworker traceback:\n{remote_traceback}" if remote_traceback else message
+        )
         self.remote_traceback = remote_traceback
 
 
 class ProtocolError(WoolError):
-    """A peer sent something wool cannot understand: a malformed frame or another protocol version."""
+    """A peer sent what wool cannot understand: a malformed frame or another protocol version."""
 
 
 class TaskException(WoolError):
@@ -74,4 +77,8 @@ class TaskException(WoolError):
 
     def __str__(self) -> str:
         text = f"{self.type_name}: {self.message}"
-        return f"{text}\n\nremote traceback:\n{self.remote_traceback}" if self.remote_traceback else text
+        return (
+            f"{text}\n\nremote traceback:\n{self.remote_traceback}"
+            if self.remote_traceback
+            else text
+        )

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -54,7 +54,9 @@ class LocalDiscovery:
     def __init__(self, namespace: str | None = None, *, poll_interval: float = 0.05) -> None:
         self.namespace = namespace or f"ns-{uuid.uuid4().hex[:12]}"
         if "/" in self.namespace or self.namespace.startswith("."):
-            raise ValueError(f"invalid namespace {self.namespace!r}: use letters, digits, '-' or '_'")
+            raise ValueError(
+                f"invalid namespace {self.namespace!r}: use letters, digits, '-' or '_'"
+            )
         self.poll_interval = poll_interval
 
     def __repr__(self) -> str:
@@ -65,7 +67,7 @@ class LocalDiscovery:
         return _root() / self.namespace
 
     @asynccontextmanager
-    async def publisher(self) -> AsyncIterator[_Publisher]:
+    async def publisher(self) -> AsyncGenerator[_Publisher, None]:
         publisher = _Publisher(self.path)
         try:
             yield publisher
@@ -73,7 +75,9 @@ class LocalDiscovery:
             publisher.withdraw_all()
 
     @asynccontextmanager
-    async def subscriber(self, filter: WorkerFilter | None = None) -> AsyncIterator[AsyncIterator[DiscoveryEvent]]:
+    async def subscriber(
+        self, filter: WorkerFilter | None = None
+    ) -> AsyncGenerator[AsyncIterator[DiscoveryEvent], None]:
         yield self._events(filter)
 
     async def _events(self, filter: WorkerFilter | None) -> AsyncIterator[DiscoveryEvent]:
@@ -86,7 +90,9 @@ class LocalDiscovery:
                 previous = known.get(worker_id)
                 if previous != worker:
                     known[worker_id] = worker
-                    yield DiscoveryEvent("worker-added" if previous is None else "worker-updated", worker)
+                    yield DiscoveryEvent(
+                        "worker-added" if previous is None else "worker-updated", worker
+                    )
             await anyio.sleep(self.poll_interval)
 
     def scan(self) -> list[WorkerMetadata]:
@@ -106,7 +112,12 @@ class LocalDiscovery:
             if _alive(worker.pid):
                 workers.append(worker)
             else:
-                log.info("dropping worker %s of namespace %s: process %d is gone", worker.id, self.namespace, worker.pid)
+                log.info(
+                    "dropping worker %s of namespace %s: process %d is gone",
+                    worker.id,
+                    self.namespace,
+                    worker.pid,
+                )
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
         return workers

@@ -46,8 +46,10 @@ class RoundRobinLoadBalancer:
     def choose(self) -> WorkerMetadata | None:
         if not self._order:
             return None
-        self._next = (self._next + 1) % len(self._order)
-        return self._workers[self._order[self._next]]
+        self._next %= len(self._order)
+        worker = self._workers[self._order[self._next]]
+        self._next += 1
+        return worker
 
     def __len__(self) -> int:
         return len(self._order)

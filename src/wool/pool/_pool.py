@@ -74,7 +74,7 @@ class WorkerPool:
         if not math.isfinite(grace) or grace < 0:
             raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
         for tag in tags:
-            if not isinstance(tag, str) or not tag:
+            if not isinstance(tag, str) or not tag:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise TypeError(f"tags must be non-empty strings, got {tag!r}")
         self.tags = frozenset(tags)
         self.size = size
@@ -82,7 +82,9 @@ class WorkerPool:
         self.grace = grace
         self.start_timeout = start_timeout
         self.imports = tuple(imports)
-        self.log_level = log_level if log_level is not None else logging.getLogger("wool").getEffectiveLevel()
+        self.log_level = (
+            log_level if log_level is not None else logging.getLogger("wool").getEffectiveLevel()
+        )
         self._loadbalancer = loadbalancer
         self._portal: Portal | None = None
         self._processes: list[WorkerProcess] = []
@@ -138,7 +140,8 @@ class WorkerPool:
             log_level=self.log_level,
         )
         self._processes = [
-            WorkerProcess(_with_id(config, f"{self._discovery.namespace}-{i}")) for i in range(self.size)
+            WorkerProcess(_with_id(config, f"{self._discovery.namespace}-{i}"))
+            for i in range(self.size)
         ]
         errors: list[BaseException] = []
 

@@ -12,7 +12,13 @@ from typing import Any
 import anyio
 import betterproto2
 
-from wool._errors import NoWorkersAvailable, ProtocolError, SerializationError, WorkerLost
+from wool._errors import (
+    NoPoolError,
+    NoWorkersAvailable,
+    ProtocolError,
+    SerializationError,
+    WorkerLost,
+)
 from wool._serialization import loads, loads_exception
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
@@ -21,9 +27,9 @@ from wool.transport import (
     Client,
     ConnectionLost,
     Portal,
+    Rejected,
     RejectedReason,
     Request,
-    Response,
     Task,
 )
 
@@ -35,7 +41,7 @@ _CALLER = f"{os.uname().nodename}:{os.getpid()}"
 
 
 class WorkerProxy:
-    """Dispatches routine calls to the workers it knows, one connection per worker."""
+    """Dispatches routine calls to the workers it knows."""
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class WorkerProxy:
         self._balancer = loadbalancer if loadbalancer is not None else RoundRobinLoadBalancer()
         self._clients: dict[str, Client] = {}
         self._closing: list[Client] = []
+        self._closed = False
         self._workers: dict[str, WorkerMetadata] = {}
         self._changed = anyio.Event()
         self._ids = map(f"{uuid.uuid4().hex[:12]}-{{}}".format, itertools.count())
@@ -118,6 +125,8 @@ class WorkerProxy:
         timeout: float | None,
     ) -> Any:
         """Run one call on a worker and return its result or raise its exception."""
+        if self._closed:
+            raise NoPoolError(routine, closed=True)
         grace = self._grace if grace is None else grace
         call_id = next(self._ids)
         request = Request(
@@ -140,7 +149,8 @@ class WorkerProxy:
             except ConnectionLost as exc:
                 self.remove(worker.id)
                 raise WorkerLost(
-                    f"worker {worker.id} at {worker.address} was lost while running {routine!r}: {exc}",
+                    f"worker {worker.id} at {worker.address} was lost while running "
+                    f"{routine!r}: {exc}",
                     worker=worker.id,
                     routine=routine,
                 ) from None
@@ -148,7 +158,7 @@ class WorkerProxy:
                 await self._cancel_remote(client, call_id, grace)
                 raise
             kind, body = betterproto2.which_one_of(response, "body")
-            if kind == "rejected" and body.reason == RejectedReason.STOPPING:
+            if isinstance(body, Rejected) and body.reason == RejectedReason.STOPPING:
                 self.remove(worker.id)  # it never started: another worker may take it
                 continue
             return await _outcome(kind, body, routine, worker)
@@ -161,6 +171,7 @@ class WorkerProxy:
                 await self._portal.run(client.cancel, call_id, grace)
 
     async def aclose(self) -> None:
+        self._closed = True
         clients = [*self._clients.values(), *self._closing]
         self._clients.clear()
         self._closing.clear()
@@ -248,7 +259,9 @@ class open_proxy:
                 await self._proxy.aclose()
 
 
-async def _follow(discovery: DiscoveryLike, filter: WorkerFilter | None, proxy: WorkerProxy) -> None:
+async def _follow(
+    discovery: DiscoveryLike, filter: WorkerFilter | None, proxy: WorkerProxy
+) -> None:
     try:
         async with discovery.subscriber(filter) as events:
             async for event in events:

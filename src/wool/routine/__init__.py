@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from wool.routine._context import Dispatcher, current_dispatcher, dispatcher_var, set_process_dispatcher
+from wool.routine._context import (
+    Dispatcher,
+    current_dispatcher,
+    dispatcher_var,
+    set_process_dispatcher,
+)
 from wool.routine._routine import Routine, routine
 
 __all__ = [

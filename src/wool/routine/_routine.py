@@ -43,15 +43,14 @@ class Routine(Generic[P, T]):
         if inspect.isasyncgenfunction(fn):
             raise TypeError(
                 f"{fn.__qualname__} is an async generator function; "
-                "generator routines are not supported yet, decorate an `async def` coroutine function"
+                "generator routines are not supported yet; decorate a coroutine function"
             )
         if not inspect.iscoroutinefunction(fn):
-            raise TypeError(
-                f"@wool.routine needs an `async def` function, got {fn!r}"
-            )
+            raise TypeError(f"@wool.routine needs an `async def` function, got {fn!r}")
         if grace is not None and grace < 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
         functools.update_wrapper(self, fn)
+        self._name: str = fn.__qualname__
         self._fn = fn
         self._kind = kind
         self._grace = grace
@@ -72,7 +71,7 @@ class Routine(Generic[P, T]):
     async def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         dispatcher = current_dispatcher()
         if dispatcher is None:
-            raise NoPoolError(self.__qualname__)
+            raise NoPoolError(self._name)
         if self._pickled is None:
             # Once per process: a routine defined in __main__ travels by value, and
             # cloudpickling a function costs far more than the rest of a call.
@@ -81,7 +80,7 @@ class Routine(Generic[P, T]):
         deadline = anyio.current_effective_deadline()
         timeout = None if deadline == float("inf") else deadline - anyio.current_time()
         return await dispatcher.call(
-            self.__qualname__, self._pickled, arguments, grace=self._grace, timeout=timeout
+            self._name, self._pickled, arguments, grace=self._grace, timeout=timeout
         )
 
     def run_here(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
@@ -93,12 +92,13 @@ class Routine(Generic[P, T]):
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # An importable routine travels by reference: the worker imports it.
-        if self.__module__ != "__main__" and _resolve(self.__module__, self.__qualname__) is self:
-            return _resolve, (self.__module__, self.__qualname__)
+        module = self._fn.__module__
+        if module != "__main__" and _resolve(module, self._name) is self:
+            return _resolve, (module, self._name)
         return super().__reduce_ex__(protocol)
 
     def __repr__(self) -> str:
-        return f"<wool.routine {self.__module__}.{self.__qualname__}>"
+        return f"<wool.routine {self._fn.__module__}.{self._name}>"
 
 
 def _resolve(module: str, qualname: str) -> Any:

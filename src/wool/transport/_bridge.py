@@ -46,6 +46,7 @@ __all__ = [
 log = logging.getLogger("wool.transport")
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 class ConnectionLost(WoolError):
@@ -119,18 +120,35 @@ class Portal(Protocol):
 
 
 class _DirectPortal:
-    """Asyncio host: the transport shares the host's loop; no hop."""
+    """Asyncio host: the transport shares the host's loop; no thread hop.
+
+    Each operation still runs in a task of its own: grpclib cancels the task it runs in
+    when a connection fails and never un-cancels it, which would leave a caller's task
+    looking cancelled to anyio ever after.
+    """
 
     async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        task = asyncio.get_running_loop().create_task(fn(*args))
         try:
-            return await fn(*args)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
+            if not task.done():
+                task.cancel()
+                await _finish(task)
+                raise
             if _cancelling() == 0:
                 raise ConnectionLost("the transport was cancelled without being asked to") from None
             raise
 
     def close(self) -> None:
         pass
+
+
+async def _finish(task: asyncio.Task[Any]) -> None:
+    """Wait for a cancelled task to end, through further cancellations of the waiter."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task})
 
 
 class _ThreadPortal:
@@ -206,10 +224,10 @@ def portal_for_host() -> Portal:
 Run = Callable[[anyio.CancelScope], Awaitable[T]]
 
 
-class Execution(Protocol, Generic[T]):
+class Execution(Protocol, Generic[T_co]):
     def cancel(self) -> None: ...
 
-    async def wait(self, grace: float) -> T: ...
+    async def wait(self, grace: float) -> T_co: ...
 
 
 class Executor(Protocol):
@@ -247,8 +265,13 @@ class _AsyncioExecution(Generic[T]):
 class _TrioExecution(Generic[T]):
     """The routine runs in the worker's trio thread; the handler waits on the loop."""
 
-    def __init__(self, run: Run[T], on_cancelled: T, token: trio.lowlevel.TrioToken,
-                 spawn: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        run: Run[T],
+        on_cancelled: T,
+        token: trio.lowlevel.TrioToken,
+        spawn: Callable[..., None],
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._future: asyncio.Future[T] = self._loop.create_future()
         self._on_cancelled = on_cancelled
@@ -292,10 +315,10 @@ class _TrioExecution(Generic[T]):
 def _settle(future: asyncio.Future[T], result: outcome.Outcome[T]) -> None:
     if future.done():
         return
-    if isinstance(result, outcome.Error):
-        future.set_exception(result.error)
-    else:
+    if isinstance(result, outcome.Value):
         future.set_result(result.value)
+    elif isinstance(result, outcome.Error):
+        future.set_exception(result.error)
 
 
 async def _wait_bounded(future: asyncio.Future[Any], grace: float) -> None:

@@ -7,6 +7,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass, field
+
 import cloudpickle
 
 from wool.discovery import DiscoveryLike
@@ -49,7 +50,7 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 
 def read_config(fd: int) -> WorkerConfig:
-    """Read the configuration from ``fd`` (unbuffered: the rest of stdin is the parent's liveness)."""
+    """Read the configuration from ``fd``, unbuffered: the rest of stdin is the parent's."""
     (size,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))
     data = _read_exactly(fd, size)
     config = pickle.loads(data)

@@ -23,7 +23,9 @@ CANCELLED = Response(cancelled=Cancelled(deadline=False))
 
 def failure(exc: BaseException) -> Response:
     data, type_name, message, text = dumps_exception(exc)
-    return Response(failure=Failure(exception=data, type=type_name, message=message, traceback=text))
+    return Response(
+        failure=Failure(exception=data, type=type_name, message=message, traceback=text)
+    )
 
 
 async def execute(task: Task, scope: anyio.CancelScope) -> Response:
@@ -36,7 +38,9 @@ async def execute(task: Task, scope: anyio.CancelScope) -> Response:
     except BaseException as exc:
         log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
         return failure(
-            SerializationError(f"the call to {task.routine!r} cannot be unpickled on the worker: {exc!r}")
+            SerializationError(
+                f"the call to {task.routine!r} cannot be unpickled on the worker: {exc!r}"
+            )
         )
     call = fn.run_here if isinstance(fn, Routine) else fn
     response: Response | None = None
@@ -77,6 +81,7 @@ def _result(task: Task, value: Any) -> Response:
     except Exception as exc:
         return failure(
             SerializationError(
-                f"the value returned by {task.routine!r} ({type(value).__name__}) cannot be pickled: {exc}"
+                f"the value returned by {task.routine!r} ({type(value).__name__}) "
+                f"cannot be pickled: {exc}"
             )
         )

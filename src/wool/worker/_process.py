@@ -45,9 +45,7 @@ class WorkerProcess:
         read_fd, write_fd = os.pipe()
         try:
             env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (_WOOL_ROOT, env.get("PYTHONPATH")) if p
-            )
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (_WOOL_ROOT, env.get("PYTHONPATH")) if p)
             self._process = await anyio.open_process(
                 [sys.executable, "-m", "wool.worker", str(write_fd)],
                 stdin=subprocess.PIPE,
@@ -80,7 +78,12 @@ class WorkerProcess:
             version=wool.__version__,
             backend=self.config.backend,
         )
-        log.info("worker %s started (pid %d) at %s", self.config.id, self.metadata.pid, self.metadata.address)
+        log.info(
+            "worker %s started (pid %d) at %s",
+            self.config.id,
+            self.metadata.pid,
+            self.metadata.address,
+        )
         return self.metadata
 
     async def _read_report(self, fd: int, timeout: float) -> dict[str, Any]:
@@ -117,7 +120,9 @@ class WorkerProcess:
                 with anyio.move_on_after(grace):
                     await process.wait()
                 if process.returncode is None:
-                    log.warning("worker %s did not stop within %g s; killing it", self.config.id, grace)
+                    log.warning(
+                        "worker %s did not stop within %g s; killing it", self.config.id, grace
+                    )
                     with contextlib.suppress(ProcessLookupError):
                         process.kill()
                     await process.wait()

@@ -34,12 +34,13 @@ def _rejected(reason: RejectedReason, detail: str) -> Response:
 class WorkerService:
     """Runs the calls a worker receives and keeps track of them until they finish."""
 
-    def __init__(self, executor: Executor, *, default_grace: float,
-                 on_stop_request: Callable[[float], None]) -> None:
+    def __init__(
+        self, executor: Executor, *, default_grace: float, on_stop_request: Callable[[float], None]
+    ) -> None:
         self._executor = executor
         self._default_grace = default_grace
         self._on_stop_request = on_stop_request
-        self._running: dict[str, Execution[Response]] = {}
+        self._running: dict[str, tuple[Execution[Response], float]] = {}
         self._stopping = False
         self._idle: anyio.Event | None = None
         self.metadata: WorkerMetadata | None = None
@@ -57,25 +58,28 @@ class WorkerService:
         if self._stopping:
             return _rejected(RejectedReason.STOPPING, "the worker is stopping")
         if task.timeout is not None and task.timeout <= 0:
-            return _rejected(RejectedReason.EXPIRED, "the caller's deadline passed before the call arrived")
+            return _rejected(
+                RejectedReason.EXPIRED, "the caller's deadline passed before the call arrived"
+            )
         if task.id in self._running:
             return _rejected(RejectedReason.MALFORMED, f"call id {task.id!r} is already running")
         execution = self._executor.start(functools.partial(execute, task), on_cancelled=CANCELLED)
-        self._running[task.id] = execution
+        self._running[task.id] = (execution, task.grace)
         try:
-            return await execution.wait(task.grace or self._default_grace)
+            return await execution.wait(task.grace)
         finally:
             del self._running[task.id]
             if self._idle is not None and not self._running:
                 self._idle.set()
 
     async def cancel(self, call_id: str) -> bool:
-        execution = self._running.get(call_id)
-        if execution is None:
+        running = self._running.get(call_id)
+        if running is None:
             return False
+        execution, grace = running
         execution.cancel()
-        with anyio.move_on_after(self._default_grace):
-            await execution.wait(self._default_grace)
+        with anyio.move_on_after(grace):
+            await execution.wait(grace)
         return True
 
     def info(self) -> WorkerInfo:
@@ -107,7 +111,7 @@ class WorkerService:
                 await self._idle.wait()
         if self._running:
             log.warning("cancelling %d call(s) still running after %g s", len(self._running), grace)
-            for execution in list(self._running.values()):
+            for execution, _ in list(self._running.values()):
                 execution.cancel()
             with anyio.move_on_after(grace):
                 await self._idle.wait()  # pyright: ignore[reportOptionalMemberAccess]

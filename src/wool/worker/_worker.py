@@ -70,8 +70,13 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
             ):
                 set_process_dispatcher(proxy)
                 await publisher.publish("worker-added", metadata)
-                log.info("worker %s serving at %s (%s, pid %d)", config.id, metadata.address,
-                         config.backend, os.getpid())
+                log.info(
+                    "worker %s serving at %s (%s, pid %d)",
+                    config.id,
+                    metadata.address,
+                    config.backend,
+                    os.getpid(),
+                )
                 report({"ok": True, "port": port, "pid": os.getpid()})
                 async for signum in signals:
                     log.info("worker %s stopping on %s", config.id, signal.Signals(signum).name)
