@@ -44,6 +44,9 @@ class WorkerPool:
             backend of the program that opens the pool.
         grace: seconds that stopping workers and cancelled calls get to finish unwinding
             before they are killed or abandoned.
+        keepalive: seconds between HTTP/2 pings while calls are open; a peer that misses
+            one for as long again is taken for lost (callers get ``WorkerLost``, workers
+            cancel the routines of a lost caller). ``None`` turns pings off.
         start_timeout: seconds a worker may take to start before the pool gives up.
         imports: modules every worker imports before it serves (to warm heavy imports,
             or fail fast at start-up when they are broken).
@@ -60,6 +63,7 @@ class WorkerPool:
         size: int | None = None,
         backend: Backend | None = None,
         grace: float = 5.0,
+        keepalive: float | None = 2.0,
         start_timeout: float = 60.0,
         imports: tuple[str, ...] | list[str] = (),
         loadbalancer: LoadBalancerLike | None = None,
@@ -73,6 +77,8 @@ class WorkerPool:
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
         if not math.isfinite(grace) or grace < 0:
             raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
+        if keepalive is not None and not (math.isfinite(keepalive) and keepalive > 0):
+            raise ValueError(f"keepalive must be seconds > 0 or None, got {keepalive!r}")
         for tag in tags:
             if not isinstance(tag, str) or not tag:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise TypeError(f"tags must be non-empty strings, got {tag!r}")
@@ -80,6 +86,7 @@ class WorkerPool:
         self.size = size
         self.backend = backend
         self.grace = grace
+        self.keepalive = keepalive
         self.start_timeout = start_timeout
         self.imports = tuple(imports)
         self.log_level = (
@@ -88,6 +95,8 @@ class WorkerPool:
         self._loadbalancer = loadbalancer
         self._portal: Portal | None = None
         self._processes: list[WorkerProcess] = []
+        self._spawned = 0
+        self._config: WorkerConfig | None = None
         self._discovery: LocalDiscovery | None = None
         self._proxy_scope: open_proxy | None = None
         self._proxy: WorkerProxy | None = None
@@ -104,12 +113,26 @@ class WorkerPool:
         backend = self.backend or current_backend()
         self._portal = portal_for_host()
         self._discovery = LocalDiscovery(f"pool-{uuid.uuid4().hex[:12]}")
+        self._config = WorkerConfig(
+            id="",
+            discovery=self._discovery,
+            backend=backend,
+            tags=self.tags,
+            grace=self.grace,
+            keepalive=self.keepalive,
+            wait_for_workers=self.start_timeout,
+            sys_path=list(sys.path),
+            imports=self.imports,
+            log_level=self.log_level,
+            parent_pid=os.getpid(),
+        )
         try:
-            await self._spawn(backend)
+            await self._spawn_all()
             self._proxy_scope = open_proxy(
                 self._portal,
                 self._discovery,
                 grace=self.grace,
+                keepalive=self.keepalive,
                 wait_for_workers=self.start_timeout,
                 filter=lambda w: self.tags <= w.tags,
                 loadbalancer=self._loadbalancer,
@@ -119,6 +142,7 @@ class WorkerPool:
             for process in self._processes:
                 assert process.metadata is not None
                 self._proxy.add(process.metadata)
+                self._proxy_scope.start_soon(self._supervise, process)
         except BaseException:
             await self._close()
             raise
@@ -126,23 +150,17 @@ class WorkerPool:
         log.info("pool %s open: %d %s worker(s)", self._discovery.namespace, self.size, backend)
         return self
 
-    async def _spawn(self, backend: str) -> None:
-        assert self._discovery is not None
-        config = WorkerConfig(
-            id="",
-            discovery=self._discovery,
-            backend=backend,
-            tags=self.tags,
-            grace=self.grace,
-            wait_for_workers=self.start_timeout,
-            sys_path=list(sys.path),
-            imports=self.imports,
-            log_level=self.log_level,
+    def _new_process(self) -> WorkerProcess:
+        assert self._config is not None and self._discovery is not None
+        self._spawned += 1
+        process = WorkerProcess(
+            replace(self._config, id=f"{self._discovery.namespace}-{self._spawned - 1}")
         )
-        self._processes = [
-            WorkerProcess(_with_id(config, f"{self._discovery.namespace}-{i}"))
-            for i in range(self.size)
-        ]
+        self._processes.append(process)  # before it starts: closing must stop it
+        return process
+
+    async def _spawn_all(self) -> None:
+        processes = [self._new_process() for _ in range(self.size)]
         errors: list[BaseException] = []
 
         async def start(process: WorkerProcess) -> None:
@@ -152,13 +170,42 @@ class WorkerPool:
                 errors.append(exc)
 
         async with anyio.create_task_group() as tg:
-            for process in self._processes:
+            for process in processes:
                 tg.start_soon(start, process)
         if errors:
             first = errors[0]
             if len(errors) > 1 and isinstance(first, WorkerStartError):
                 first.add_note(f"{len(errors) - 1} other worker(s) of the pool failed too")
             raise first
+
+    async def _supervise(self, process: WorkerProcess) -> None:
+        """Wait for a worker to die; then drop it and start a replacement."""
+        status = await process.wait()
+        assert self._proxy is not None and self._proxy_scope is not None
+        log.warning(
+            "worker %s (pid %s) exited unexpectedly with status %s; starting a replacement",
+            process.config.id,
+            process.pid,
+            status,
+        )
+        self._proxy.remove(process.config.id)
+        self._processes.remove(process)
+        await process.stop(0)
+        delay = 0.1
+        while True:
+            replacement = self._new_process()
+            try:
+                metadata = await replacement.start(self.start_timeout)
+            except WorkerStartError as exc:
+                self._processes.remove(replacement)
+                await replacement.stop(0)
+                log.error("replacement worker failed to start (retrying in %g s): %s", delay, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._proxy.add(metadata)
+            self._proxy_scope.start_soon(self._supervise, replacement)
+            return
 
     async def __aexit__(
         self,
@@ -183,6 +230,7 @@ class WorkerPool:
                     for process in self._processes:
                         tg.start_soon(process.stop, self.grace)
                 self._processes = []
+                self._config = None
                 if self._discovery is not None:
                     self._discovery.cleanup()
                 if self._portal is not None:
@@ -192,5 +240,3 @@ class WorkerPool:
             log.info("pool %s closed", self._discovery.namespace)
 
 
-def _with_id(config: WorkerConfig, worker_id: str) -> WorkerConfig:
-    return replace(config, id=worker_id)

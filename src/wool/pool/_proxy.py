@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -31,6 +32,7 @@ from wool.transport import (
     RejectedReason,
     Request,
     Task,
+    Unreachable,
 )
 
 __all__ = ["WorkerProxy", "open_proxy"]
@@ -41,51 +43,69 @@ _CALLER = f"{os.uname().nodename}:{os.getpid()}"
 
 
 class WorkerProxy:
-    """Dispatches routine calls to the workers it knows."""
+    """Dispatches routine calls to the workers it knows.
+
+    Discovery says which workers exist (:meth:`add`, :meth:`remove`). A worker whose
+    connection fails is suspended: it leaves the rotation until it answers an Info probe
+    again, or discovery drops it.
+    """
 
     def __init__(
         self,
         portal: Portal,
         *,
         grace: float,
+        keepalive: float | None,
         wait_for_workers: float,
         loadbalancer: LoadBalancerLike | None = None,
         description: str = "the pool",
     ) -> None:
         self._portal = portal
         self._grace = grace
+        self._keepalive = keepalive
         self._wait_for_workers = wait_for_workers
         self._balancer = loadbalancer if loadbalancer is not None else RoundRobinLoadBalancer()
         self._clients: dict[str, Client] = {}
         self._closing: list[Client] = []
         self._closed = False
-        self._workers: dict[str, WorkerMetadata] = {}
+        self._known: dict[str, WorkerMetadata] = {}
+        self._suspects: set[str] = set()
         self._changed = anyio.Event()
         self._ids = map(f"{uuid.uuid4().hex[:12]}-{{}}".format, itertools.count())
-        self._description = description
+        self.description = description
 
     @property
     def workers(self) -> list[WorkerMetadata]:
-        return list(self._workers.values())
+        """The workers in rotation."""
+        return [w for w in self._known.values() if w.id not in self._suspects]
 
     def add(self, worker: WorkerMetadata) -> None:
-        known = self._workers.get(worker.id)
+        known = self._known.get(worker.id)
         if known == worker:
             return
         if known is not None and known.address != worker.address:
             self._forget_client(worker.id)
-        self._workers[worker.id] = worker
+        self._known[worker.id] = worker
+        self._suspects.discard(worker.id)
         self._balancer.add(worker)
-        log.debug("worker %s at %s joined %s", worker.id, worker.address, self._description)
+        log.debug("worker %s at %s joined %s", worker.id, worker.address, self.description)
         self._notify()
 
     def remove(self, worker_id: str) -> None:
-        if self._workers.pop(worker_id, None) is None:
+        if self._known.pop(worker_id, None) is None:
             return
+        self._suspects.discard(worker_id)
         self._balancer.remove(worker_id)
         self._forget_client(worker_id)
-        log.info("worker %s left %s", worker_id, self._description)
+        log.info("worker %s left %s", worker_id, self.description)
         self._notify()
+
+    def _suspend(self, worker: WorkerMetadata, reason: str) -> None:
+        if worker.id in self._known and worker.id not in self._suspects:
+            log.warning("worker %s at %s suspended: %s", worker.id, worker.address, reason)
+            self._suspects.add(worker.id)
+            self._balancer.remove(worker.id)
+            self._notify()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -105,15 +125,41 @@ class WorkerProxy:
                 await self._changed.wait()
             return worker
         raise NoWorkersAvailable(
-            f"{self._description} has no workers (waited {self._wait_for_workers:g} s); "
+            f"{self.description} has no workers (waited {self._wait_for_workers:g} s); "
             "check that its workers started and match the pool's tags"
         )
 
     def _client(self, worker: WorkerMetadata) -> Client:
         client = self._clients.get(worker.id)
         if client is None:
-            client = self._clients[worker.id] = Client(worker.host, worker.port)
+            client = Client(worker.host, worker.port, keepalive=self._keepalive)
+            self._clients[worker.id] = client
         return client
+
+    async def probe_suspects(self, interval: float = 0.25) -> None:
+        """Forever: give suspended workers that answer an Info call back to the rotation."""
+        while True:
+            await anyio.sleep(interval)
+            await self._close_forgotten()
+            for worker_id in list(self._suspects):
+                worker = self._known.get(worker_id)
+                if worker is None:
+                    continue
+                try:
+                    await self._portal.run(self._client(worker).info, 1.0)
+                except ConnectionLost:
+                    continue
+                if worker_id in self._suspects:
+                    log.info("worker %s answers again; back in rotation", worker_id)
+                    self._suspects.discard(worker_id)
+                    self._balancer.add(worker)
+                    self._notify()
+
+    async def _close_forgotten(self) -> None:
+        closing, self._closing = self._closing, []
+        for client in closing:
+            with contextlib.suppress(Exception):
+                await self._portal.run(client.close)
 
     async def call(
         self,
@@ -146,8 +192,11 @@ class WorkerProxy:
             client = self._client(worker)
             try:
                 response = await self._portal.run(client.call, request)
+            except Unreachable as exc:
+                self._suspend(worker, str(exc))
+                continue  # never sent: another worker may take it
             except ConnectionLost as exc:
-                self.remove(worker.id)
+                self._suspend(worker, str(exc))
                 raise WorkerLost(
                     f"worker {worker.id} at {worker.address} was lost while running "
                     f"{routine!r}: {exc}",
@@ -159,8 +208,8 @@ class WorkerProxy:
                 raise
             kind, body = betterproto2.which_one_of(response, "body")
             if isinstance(body, Rejected) and body.reason == RejectedReason.STOPPING:
-                self.remove(worker.id)  # it never started: another worker may take it
-                continue
+                self._suspend(worker, "it is stopping")
+                continue  # never started: another worker may take it
             return await _outcome(kind, body, routine, worker)
 
     async def _cancel_remote(self, client: Client, call_id: str, grace: float) -> None:
@@ -172,12 +221,9 @@ class WorkerProxy:
 
     async def aclose(self) -> None:
         self._closed = True
-        clients = [*self._clients.values(), *self._closing]
-        self._clients.clear()
-        self._closing.clear()
-        for client in clients:
-            with contextlib.suppress(Exception):
-                await self._portal.run(client.close)
+        for worker_id in list(self._clients):
+            self._forget_client(worker_id)
+        await self._close_forgotten()
 
 
 async def _outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -> Any:
@@ -228,6 +274,7 @@ class open_proxy:
         discovery: DiscoveryLike | None,
         *,
         grace: float,
+        keepalive: float | None,
         wait_for_workers: float,
         filter: WorkerFilter | None = None,
         loadbalancer: LoadBalancerLike | None = None,
@@ -238,14 +285,20 @@ class open_proxy:
         self._proxy = WorkerProxy(
             portal,
             grace=grace,
+            keepalive=keepalive,
             wait_for_workers=wait_for_workers,
             loadbalancer=loadbalancer,
             description=description,
         )
         self._tg = anyio.create_task_group()
 
+    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run a task for as long as the proxy is open."""
+        self._tg.start_soon(fn, *args)
+
     async def __aenter__(self) -> WorkerProxy:
         await self._tg.__aenter__()
+        self._tg.start_soon(self._proxy.probe_suspects)
         if self._discovery is not None:
             self._tg.start_soon(_follow, self._discovery, self._filter, self._proxy)
         return self._proxy

@@ -36,6 +36,7 @@ __all__ = [
     "Executor",
     "LoopThread",
     "Portal",
+    "Unreachable",
     "asyncio_executor",
     "current_backend",
     "new_event_loop",
@@ -50,7 +51,11 @@ T_co = TypeVar("T_co", covariant=True)
 
 
 class ConnectionLost(WoolError):
-    """The transport lost its peer (connection closed, reset, or never made)."""
+    """The transport lost its peer while a call was under way."""
+
+
+class Unreachable(ConnectionLost):
+    """No connection could be made: the call was never sent."""
 
 
 def current_backend() -> str:

@@ -23,7 +23,7 @@ from grpclib.protocol import H2Protocol
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
-from wool.transport._bridge import ConnectionLost
+from wool.transport._bridge import ConnectionLost, Unreachable
 from wool.transport._protocol.wool.v1 import (
     CancelRequest,
     CancelResponse,
@@ -117,13 +117,15 @@ _CODEC = _Codec()
 
 
 def _configuration(keepalive: float | None) -> Configuration:
+    """HTTP/2 pings every ``keepalive`` seconds while calls are open; a peer that has not
+    answered one within another ``keepalive`` seconds is taken for gone."""
     if keepalive is None:
         return Configuration()
     return Configuration(
         _keepalive_time=keepalive,
         _keepalive_timeout=keepalive,
-        _keepalive_permit_without_calls=True,
         _http2_max_pings_without_data=0,
+        _http2_min_sent_ping_interval_without_data=keepalive / 2,
     )
 
 
@@ -174,6 +176,10 @@ class Client:
         Cancelling this coroutine resets the stream, which cancels the routine on the worker.
         """
         connection = self._connection()
+        try:
+            await connection.channel.__connect__()
+        except OSError as exc:
+            raise Unreachable(f"cannot connect to worker {self.address}: {exc}") from exc
         connection.streams += 1
         stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response

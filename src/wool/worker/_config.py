@@ -26,12 +26,14 @@ class WorkerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     grace: float = 5.0
+    keepalive: float | None = 2.0
     wait_for_workers: float = 30.0
     sys_path: list[str] = field(default_factory=list)
     imports: tuple[str, ...] = ()
     log_level: int = logging.WARNING
-    # Exit when the parent's end of stdin closes: the parent died or forgot us.
-    watch_parent: bool = True
+    # The pool's process: when it dies, the worker stops on its own (stdin closes and,
+    # on Linux, the parent-death signal fires).
+    parent_pid: int | None = None
 
 
 def write_config(config: WorkerConfig) -> bytes:

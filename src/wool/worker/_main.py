@@ -7,6 +7,7 @@ pool's backend and, for trio, the nursery routines run in.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
 import json
 import logging
@@ -28,6 +29,8 @@ __all__ = ["main"]
 
 log = logging.getLogger("wool.worker")
 
+_PR_SET_PDEATHSIG = 1
+
 
 class _Reporter:
     """Writes the one line a spawning pool waits for: ready (with the port) or failed."""
@@ -45,8 +48,17 @@ class _Reporter:
             self._fd = -1
 
 
-def _watch_parent() -> None:
-    """Stop gracefully when stdin reaches EOF: the process that spawned us is gone."""
+def _watch_parent(parent_pid: int) -> None:
+    """Stop (SIGHUP) when the process that spawned us is gone.
+
+    Two independent signs: our stdin reaching EOF (the parent held the only writer), and on
+    Linux the parent-death signal.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP)
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGHUP)
 
     def watch() -> None:
         try:
@@ -55,7 +67,7 @@ def _watch_parent() -> None:
         except OSError:
             pass
         log.info("parent process is gone; stopping")
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGHUP)
 
     threading.Thread(target=watch, name="wool-parent-watch", daemon=True).start()
 
@@ -94,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for module in config.imports:
             importlib.import_module(module)
-        if config.watch_parent:
-            _watch_parent()
+        if config.parent_pid is not None:
+            _watch_parent(config.parent_pid)
         run = _run_trio if config.backend == "trio" else _run_asyncio
         run(config, report)
     except BaseException:

@@ -108,6 +108,11 @@ class WorkerProcess:
             "raise the pool's start_timeout if workers are slow to import"
         )
 
+    async def wait(self) -> int:
+        """Wait for the process to exit; its status."""
+        assert self._process is not None
+        return await self._process.wait()
+
     async def stop(self, grace: float) -> None:
         """SIGTERM, then SIGKILL if the worker is still alive after ``grace`` seconds."""
         process = self._process

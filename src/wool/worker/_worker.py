@@ -24,6 +24,9 @@ log = logging.getLogger("wool.worker")
 
 Report = Callable[[dict[str, Any]], None]
 
+# Seconds an orphaned worker lets its calls unwind before it exits.
+_ORPHAN_GRACE = 1.0
+
 
 def wool_version() -> str:
     try:
@@ -43,7 +46,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         os.kill(os.getpid(), signal.SIGTERM)
 
     service = WorkerService(executor, default_grace=config.grace, on_stop_request=request_stop)
-    server = await portal.run(_new_server, service)
+    server = await portal.run(_new_server, service, config.keepalive)
     port = await portal.run(server.start, config.host, config.port)
     metadata = WorkerMetadata(
         id=config.id,
@@ -56,13 +59,14 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
     )
     service.metadata = metadata
     try:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with (
                 config.discovery.publisher() as publisher,
                 open_proxy(
                     portal,
                     config.discovery,
                     grace=config.grace,
+                    keepalive=config.keepalive,
                     wait_for_workers=config.wait_for_workers,
                     filter=lambda w: config.tags <= w.tags,
                     description=f"the pool of worker {config.id}",
@@ -80,6 +84,9 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
                 report({"ok": True, "port": port, "pid": os.getpid()})
                 async for signum in signals:
                     log.info("worker %s stopping on %s", config.id, signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:
+                        # The pool's process is gone: nobody waits for the results.
+                        grace[0] = min(grace[0], _ORPHAN_GRACE)
                     break
                 await publisher.publish("worker-dropped", metadata)
                 await portal.run(_drain, server, service, grace[0])
@@ -90,8 +97,8 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
     log.info("worker %s stopped", config.id)
 
 
-async def _new_server(service: WorkerService) -> Server:
-    return Server(service)
+async def _new_server(service: WorkerService, keepalive: float | None) -> Server:
+    return Server(service, keepalive=keepalive)
 
 
 async def _drain(server: Server, service: WorkerService, grace: float) -> None:
