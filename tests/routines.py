@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import anyio
@@ -101,3 +102,73 @@ class Calculator:
     @staticmethod
     async def triple(x: int) -> int:
         return 3 * x
+
+
+@wool.routine
+async def cancel_with_shielded_cleanup(marker: str, release: str) -> None:
+    """On cancellation, run a shielded cleanup that waits for the file ``release``."""
+    try:
+        Path(marker).write_text("started")
+        await anyio.sleep(30)
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            while not Path(release).exists():
+                await anyio.sleep(0.01)
+            Path(marker).write_text("cleaned up")
+        raise
+
+
+@wool.routine
+async def cancels_itself() -> str:
+    with anyio.move_on_after(0.05):
+        await anyio.sleep(10)
+    return "carried on"
+
+
+@wool.routine
+async def nested_remaining_time() -> tuple[float, float]:
+    """(time left here, time left in a routine this one calls)."""
+    here = anyio.current_effective_deadline() - anyio.current_time()
+    return here, await remaining_time()
+
+
+@wool.routine
+async def leaf(counter: str, release: str) -> int:
+    """Count itself in, then wait until every leaf is in flight."""
+    with open(counter, "ab") as f:
+        f.write(b"x")
+    while not os.path.exists(release):
+        await anyio.sleep(0.5)
+    return 1
+
+
+@wool.routine
+async def fan_out(n: int, workdir: str) -> int:
+    """Start ``n`` nested calls and return once all ``n`` were in flight at the same time."""
+    counter, release = os.path.join(workdir, "counter"), os.path.join(workdir, "release")
+    results: list[int] = []
+
+    async def one() -> None:
+        results.append(await leaf(counter, release))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+        while not os.path.exists(counter) or os.path.getsize(counter) < n:
+            await anyio.sleep(0.05)
+        Path(release).write_text("go")
+    return sum(results)
+
+
+@wool.routine
+async def tree(depth: int, marker_dir: str) -> None:
+    """A binary tree of nested calls whose leaves sleep forever; each node marks its finally."""
+    try:
+        if depth == 0:
+            await anyio.sleep(60)
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tree, depth - 1, marker_dir)
+            tg.start_soon(tree, depth - 1, marker_dir)
+    finally:
+        (Path(marker_dir) / f"{depth}-{uuid.uuid4().hex}").write_text("finally")

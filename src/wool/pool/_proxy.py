@@ -155,9 +155,13 @@ class WorkerProxy:
                     self._balancer.add(worker)
                     self._notify()
 
-    async def _close_forgotten(self) -> None:
+    async def _close_forgotten(self, *, wait: bool = False) -> None:
+        # A worker that left may still be finishing calls (it drains before it exits).
         closing, self._closing = self._closing, []
         for client in closing:
+            if client.busy and not wait:
+                self._closing.append(client)
+                continue
             with contextlib.suppress(Exception):
                 await self._portal.run(client.close)
 
@@ -223,7 +227,7 @@ class WorkerProxy:
         self._closed = True
         for worker_id in list(self._clients):
             self._forget_client(worker_id)
-        await self._close_forgotten()
+        await self._close_forgotten(wait=True)
 
 
 async def _outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -> Any:

@@ -170,6 +170,11 @@ class Client:
     def _channel(self) -> grpclib.client.Channel:
         return self._connection().channel
 
+    @property
+    def busy(self) -> bool:
+        """Calls are in flight on this client."""
+        return any(connection.streams for connection in self._connections)
+
     async def call(self, request: Request) -> Response:
         """A coroutine call: one request frame (with end of stream), one response frame.
 

@@ -31,8 +31,7 @@ class WorkerConfig:
     sys_path: list[str] = field(default_factory=list)
     imports: tuple[str, ...] = ()
     log_level: int = logging.WARNING
-    # The pool's process: when it dies, the worker stops on its own (stdin closes and,
-    # on Linux, the parent-death signal fires).
+    # The pool's process: when it dies (stdin closes), the worker stops on its own.
     parent_pid: int | None = None
 
 

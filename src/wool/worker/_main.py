@@ -7,7 +7,6 @@ pool's backend and, for trio, the nursery routines run in.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib
 import json
 import logging
@@ -29,8 +28,6 @@ __all__ = ["main"]
 
 log = logging.getLogger("wool.worker")
 
-_PR_SET_PDEATHSIG = 1
-
 
 class _Reporter:
     """Writes the one line a spawning pool waits for: ready (with the port) or failed."""
@@ -49,15 +46,12 @@ class _Reporter:
 
 
 def _watch_parent(parent_pid: int) -> None:
-    """Stop (SIGHUP) when the process that spawned us is gone.
+    """Stop (SIGHUP) when the process that spawned us is gone: our stdin reaches EOF.
 
-    Two independent signs: our stdin reaching EOF (the parent held the only writer), and on
-    Linux the parent-death signal.
+    A pipe rather than Linux's parent-death signal, which fires when the spawning *thread*
+    exits (trio spawns from short-lived threads) and does not exist elsewhere.
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP)
-    if os.getppid() != parent_pid:  # it died before the signal was armed
+    if os.getppid() != parent_pid:  # it died before we got here
         os.kill(os.getpid(), signal.SIGHUP)
 
     def watch() -> None:
