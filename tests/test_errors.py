@@ -90,20 +90,13 @@ _FIELDS = (
     "doc", "pos", "colno",
 )  # fmt: skip
 
-_TBLIB_DROPS_C_FIELDS = pytest.mark.xfail(
-    reason="wool._serialization pickles exceptions with tblib's pickle_exception, which "
-    "rebuilds builtins that have their own C __init__ (SystemExit, UnicodeDecodeError, "
-    "SyntaxError) with __new__ and no __init__, so their C-level fields are lost",
-    strict=True,
-)
-
 
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("exit", marks=_TBLIB_DROPS_C_FIELDS),
-        pytest.param("decode", marks=_TBLIB_DROPS_C_FIELDS),
-        pytest.param("syntax", marks=_TBLIB_DROPS_C_FIELDS),
+        "exit",
+        "decode",
+        "syntax",
         "oserror",
         "subprocess",
         "json",
@@ -167,11 +160,6 @@ async def test_suppressed_context_survives() -> None:
     assert "KeyError" not in text
 
 
-@pytest.mark.xfail(
-    reason="wool/pool/_proxy.py _outcome re-raises the unpickled exception with `raise`, "
-    "which sets its __context__ to the exception the caller is handling",
-    strict=True,
-)
 async def test_remote_context_is_kept_when_the_caller_awaits_inside_except() -> None:
     """Awaiting a routine while handling an exception must not replace the routine's own
     context: locally, the callee's ``raise`` inside its ``except KeyError`` sets the context

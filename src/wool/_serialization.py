@@ -7,11 +7,11 @@ import io
 import pickle
 import traceback
 from collections.abc import Callable
-from types import TracebackType
+from types import TracebackType, WrapperDescriptorType
 from typing import Any
 
 import cloudpickle
-from tblib.pickling_support import pickle_exception, pickle_traceback
+from tblib.pickling_support import pickle_exception, pickle_traceback, unpickle_exception
 
 from wool._errors import SerializationError, TaskException
 
@@ -36,10 +36,30 @@ class _Pickler(cloudpickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, BaseException):
+            if isinstance(type(obj).__init__, WrapperDescriptorType):
+                return _reduce_builtin_exception(obj, self.proto)
             return pickle_exception(obj)
         if isinstance(obj, TracebackType):
             return pickle_traceback(obj)
         return super().reducer_override(obj)
+
+
+def _reduce_builtin_exception(exc: BaseException, protocol: int) -> Any:
+    # tblib rebuilds exceptions without calling __init__, which loses the fields that a
+    # C-level __init__ sets (SystemExit.code, UnicodeDecodeError.reason, ...): keep the
+    # exception's own reduction and add what tblib carries.
+    func, args, *rest = exc.__reduce_ex__(protocol)
+    notes = getattr(exc, "__notes__", None)
+    carried = (
+        func,
+        args,
+        exc.__cause__,
+        exc.__traceback__,
+        exc.__context__,
+        exc.__suppress_context__,
+        notes,
+    )
+    return (unpickle_exception, carried, *rest)
 
 
 def dumps(obj: Any) -> bytes:

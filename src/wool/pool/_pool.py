@@ -238,5 +238,3 @@ class WorkerPool:
                     self._portal = None
         if self._discovery is not None:
             log.info("pool %s closed", self._discovery.namespace)
-
-

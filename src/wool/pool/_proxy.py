@@ -8,7 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import betterproto2
@@ -239,7 +239,7 @@ async def _outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -
                 f"the value returned by {routine!r} cannot be unpickled here: {exc}"
             ) from exc
     if kind == "failure":
-        raise loads_exception(body.exception, body.type, body.message, body.traceback)
+        _raise_remote(loads_exception(body.exception, body.type, body.message, body.traceback))
     if kind == "cancelled":
         if body.deadline:
             # The worker ran out the caller's own deadline first; the caller's scope is
@@ -259,6 +259,19 @@ async def _outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -
             return await _outcome("cancelled", _Deadline, routine, worker)
         raise ProtocolError(f"worker {worker.id} refused {routine!r}: {body.detail}")
     raise ProtocolError(f"worker {worker.id} sent an unknown answer for {routine!r}: {kind!r}")
+
+
+def _raise_remote(exc: BaseException) -> NoReturn:
+    """Raise an exception from a worker as the routine raised it.
+
+    A ``raise`` sets ``__context__`` to whatever the caller is handling; the routine's own
+    context is the one that belongs there.
+    """
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
 
 
 class _Deadline:
