@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wool.discovery._local import LocalDiscovery
+from wool.discovery._merged import MergedDiscovery
 from wool.discovery._protocol import (
     DiscoveryEvent,
     DiscoveryLike,
@@ -18,6 +19,7 @@ __all__ = [
     "DiscoveryPublisherLike",
     "EventKind",
     "LocalDiscovery",
+    "MergedDiscovery",
     "WorkerFilter",
     "WorkerMetadata",
 ]

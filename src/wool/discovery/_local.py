@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -26,6 +27,8 @@ from wool.discovery._protocol import DiscoveryEvent, EventKind, WorkerFilter, Wo
 __all__ = ["LocalDiscovery"]
 
 log = logging.getLogger("wool.discovery")
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
 
 
 def _root() -> Path:
@@ -48,7 +51,13 @@ class LocalDiscovery:
     """Workers on this host, grouped by namespace.
 
     ``namespace`` defaults to a fresh random one, so pools do not see each other's
-    workers unless they name the same namespace.
+    workers unless they name the same namespace: ``wool worker --discovery local
+    --namespace jobs`` and ``WorkerPool(discovery=LocalDiscovery("jobs"))`` meet.
+
+    Each worker is a small file under ``<tmp>/wool-<uid>/<namespace>/``. An entry whose
+    process died without withdrawing it is dropped (and deleted) by the first subscriber
+    that notices, within about a second; the last publisher or subscriber to leave
+    removes the directories.
     """
 
     def __init__(self, namespace: str | None = None, *, poll_interval: float = 0.05) -> None:
@@ -78,11 +87,24 @@ class LocalDiscovery:
     async def subscriber(
         self, filter: WorkerFilter | None = None
     ) -> AsyncGenerator[AsyncIterator[DiscoveryEvent], None]:
-        yield self._events(filter)
+        try:
+            yield self._events(filter)
+        finally:
+            self.cleanup()
 
     async def _events(self, filter: WorkerFilter | None) -> AsyncIterator[DiscoveryEvent]:
         known: dict[str, WorkerMetadata] = {}
+        seen_change: int | None = None
+        next_full_scan = 0.0
         while True:
+            # Read the entries only when the directory changed, and look for dead
+            # processes about once a second: cheap with hundreds of workers.
+            change = _mtime(self.path)
+            now = anyio.current_time()
+            if change == seen_change and now < next_full_scan:
+                await anyio.sleep(self.poll_interval)
+                continue
+            seen_change, next_full_scan = change, now + _LIVENESS_INTERVAL
             current = {w.id: w for w in self.scan() if filter is None or filter(w)}
             for worker_id in known.keys() - current.keys():
                 yield DiscoveryEvent("worker-dropped", known.pop(worker_id))
@@ -155,6 +177,16 @@ class _Publisher:
         _prune(self._path)
 
 
+_LIVENESS_INTERVAL = 1.0
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def _prune(path: Path) -> None:
     for directory in (path, path.parent):
         try:
@@ -166,10 +198,12 @@ def _prune(path: Path) -> None:
 def _encode(worker: WorkerMetadata) -> bytes:
     data = asdict(worker)
     data["tags"] = sorted(worker.tags)
+    data["options"] = dict(worker.options)
     return json.dumps(data).encode()
 
 
 def _decode(data: bytes) -> WorkerMetadata:
     fields = json.loads(data)
     fields["tags"] = frozenset(fields["tags"])
+    fields["options"] = tuple(sorted(fields.get("options", {}).items()))
     return WorkerMetadata(**fields)

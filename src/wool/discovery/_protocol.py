@@ -30,7 +30,10 @@ class WorkerMetadata:
     tags: frozenset[str] = field(default_factory=frozenset)
     version: str = ""
     backend: str = ""
+    #: The worker only accepts TLS connections.
     secure: bool = False
+    #: Transport settings callers should use with this worker (e.g. ``keepalive``).
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def address(self) -> str:

@@ -14,8 +14,8 @@ from typing import Literal
 
 import anyio
 
-from wool._errors import WorkerStartError
-from wool.discovery import LocalDiscovery, WorkerMetadata
+from wool._errors import NoWorkersAvailable, WorkerStartError
+from wool.discovery import DiscoveryLike, LocalDiscovery, MergedDiscovery, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike
 from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.routine import Dispatcher, dispatcher_var
@@ -32,14 +32,27 @@ Backend = Literal["asyncio", "trio"]
 class WorkerPool:
     """A pool of worker processes that routine calls in its scope are sent to.
 
-    ``async with WorkerPool(): ...`` starts ``os.cpu_count()`` workers on this host;
-    ``WorkerPool(size=N)`` starts N. Positional ``tags`` are advertised by the workers and
-    required of every worker the pool uses. While the ``async with`` block runs, routines
-    called from it (and from tasks it starts) run on the pool's workers; routines that call
-    routines on a worker use the same pool.
+    The modes, by which of ``size`` and ``discovery`` are given:
+
+    ========= ======== ============= ==================================================
+    mode      ``size`` ``discovery`` workers used
+    ========= ======== ============= ==================================================
+    default   -        -             ``os.cpu_count()`` spawned on this host
+    ephemeral N        -             N spawned on this host
+    durable   -        set           those ``discovery`` finds; nothing is spawned
+    hybrid    N        set           N spawned, plus those ``discovery`` finds
+    ========= ======== ============= ==================================================
+
+    Positional ``tags`` are advertised by spawned workers and required of every worker
+    the pool uses. While the ``async with`` block runs, routines called from it (and from
+    tasks it starts) run on the pool's workers; routines that call routines on a worker use
+    the same pool.
 
     Arguments:
-        size: how many workers to spawn; defaults to ``os.cpu_count()``.
+        size: how many workers to spawn; ``size`` does not cap the workers discovery adds.
+        discovery: where to find running workers (any ``wool.DiscoveryLike``). A pool with
+            a discovery waits up to ``start_timeout`` for a first worker, then raises
+            ``NoWorkersAvailable``.
         backend: event loop of the workers, ``"asyncio"`` or ``"trio"``; defaults to the
             backend of the program that opens the pool.
         grace: seconds that stopping workers and cancelled calls get to finish unwinding
@@ -61,6 +74,7 @@ class WorkerPool:
         self,
         *tags: str,
         size: int | None = None,
+        discovery: DiscoveryLike | None = None,
         backend: Backend | None = None,
         grace: float = 5.0,
         keepalive: float | None = 2.0,
@@ -70,9 +84,14 @@ class WorkerPool:
         log_level: int | None = None,
     ) -> None:
         if size is None:
-            size = os.cpu_count() or 1
-        if size < 1:
+            size = 0 if discovery is not None else os.cpu_count() or 1
+        elif size < 1:
             raise ValueError(f"size must be at least 1, got {size}")
+        if discovery is not None and not isinstance(discovery, DiscoveryLike):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"discovery must implement wool.DiscoveryLike (publisher() and subscriber()), "
+                f"got {type(discovery).__name__}"
+            )
         if backend not in (None, "asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
         if not math.isfinite(grace) or grace < 0:
@@ -84,6 +103,7 @@ class WorkerPool:
                 raise TypeError(f"tags must be non-empty strings, got {tag!r}")
         self.tags = frozenset(tags)
         self.size = size
+        self.discovery = discovery
         self.backend = backend
         self.grace = grace
         self.keepalive = keepalive
@@ -113,9 +133,10 @@ class WorkerPool:
         backend = self.backend or current_backend()
         self._portal = portal_for_host()
         self._discovery = LocalDiscovery(f"pool-{uuid.uuid4().hex[:12]}")
+        followed = self._followed()
         self._config = WorkerConfig(
             id="",
-            discovery=self._discovery,
+            discovery=followed,
             backend=backend,
             tags=self.tags,
             grace=self.grace,
@@ -130,7 +151,7 @@ class WorkerPool:
             await self._spawn_all()
             self._proxy_scope = open_proxy(
                 self._portal,
-                self._discovery,
+                followed,
                 grace=self.grace,
                 keepalive=self.keepalive,
                 wait_for_workers=self.start_timeout,
@@ -143,12 +164,41 @@ class WorkerPool:
                 assert process.metadata is not None
                 self._proxy.add(process.metadata)
                 self._proxy_scope.start_soon(self._supervise, process)
+            if self.discovery is not None:
+                await self._wait_for_a_worker(self._proxy)
         except BaseException:
             await self._close()
             raise
         self._token = dispatcher_var.set(self._proxy)
-        log.info("pool %s open: %d %s worker(s)", self._discovery.namespace, self.size, backend)
+        log.info(
+            "pool %s open: %d worker(s) spawned (%s), %d in all",
+            self._discovery.namespace,
+            self.size,
+            backend,
+            len(self._proxy.workers),
+        )
         return self
+
+    def _followed(self) -> DiscoveryLike:
+        """What the pool (and its spawned workers, for nested calls) subscribe to."""
+        assert self._discovery is not None
+        if self.discovery is None:
+            return self._discovery
+        if self.size == 0:
+            return self.discovery
+        return MergedDiscovery(self._discovery, self.discovery)
+
+    async def _wait_for_a_worker(self, proxy: WorkerProxy) -> None:
+        with anyio.move_on_after(self.start_timeout):
+            while not proxy.workers:
+                await proxy.changed()
+            return
+        tags = f" with tags {sorted(self.tags)}" if self.tags else ""
+        raise NoWorkersAvailable(
+            f"no workers{tags} found through {self.discovery!r} within "
+            f"{self.start_timeout:g} s; check that workers run with the same discovery and "
+            "namespace, and that their tags match"
+        )
 
     def _new_process(self) -> WorkerProcess:
         assert self._config is not None and self._discovery is not None

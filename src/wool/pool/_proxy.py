@@ -23,6 +23,7 @@ from wool._errors import (
 from wool._serialization import loads, loads_exception
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
+from wool.routine import call_depth
 from wool.transport import (
     PROTOCOL_VERSION,
     Client,
@@ -107,6 +108,10 @@ class WorkerProxy:
             self._balancer.remove(worker.id)
             self._notify()
 
+    async def changed(self) -> None:
+        """Wait until the set of workers in rotation changes."""
+        await self._changed.wait()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
@@ -189,6 +194,7 @@ class WorkerProxy:
                 timeout=timeout,
                 grace=grace,
                 caller=_CALLER,
+                depth=call_depth.get() + 1,
             )
         )
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from wool.routine._context import (
     Dispatcher,
+    call_depth,
     current_dispatcher,
     dispatcher_var,
     set_process_dispatcher,
@@ -13,6 +14,7 @@ from wool.routine._routine import Routine, routine
 __all__ = [
     "Dispatcher",
     "Routine",
+    "call_depth",
     "current_dispatcher",
     "dispatcher_var",
     "routine",

@@ -5,7 +5,13 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["Dispatcher", "current_dispatcher", "dispatcher_var", "set_process_dispatcher"]
+__all__ = [
+    "Dispatcher",
+    "call_depth",
+    "current_dispatcher",
+    "dispatcher_var",
+    "set_process_dispatcher",
+]
 
 
 class Dispatcher(Protocol):
@@ -24,6 +30,9 @@ class Dispatcher(Protocol):
 
 #: The pool opened by the current task (``async with WorkerPool()``).
 dispatcher_var: ContextVar[Dispatcher | None] = ContextVar("wool_dispatcher", default=None)
+
+#: How deep in a tree of nested calls the running routine is (-1 outside any routine).
+call_depth: ContextVar[int] = ContextVar("wool_call_depth", default=-1)
 
 # On a worker, the pool the worker belongs to: routines it runs call back into it.
 _process_dispatcher: Dispatcher | None = None

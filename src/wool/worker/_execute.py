@@ -10,7 +10,7 @@ import anyio
 
 from wool._errors import SerializationError
 from wool._serialization import dumps, dumps_exception, loads
-from wool.routine import Routine
+from wool.routine import Routine, call_depth
 from wool.transport import Cancelled, Failure, Response, Task
 
 __all__ = ["CANCELLED", "execute", "failure"]
@@ -43,6 +43,7 @@ async def execute(task: Task, scope: anyio.CancelScope) -> Response:
             )
         )
     call = fn.run_here if isinstance(fn, Routine) else fn
+    call_depth.set(task.depth)
     response: Response | None = None
     with scope:
         try:

@@ -18,6 +18,7 @@ from wool.transport import (
     RejectedReason,
     Request,
     Response,
+    Task,
     WorkerInfo,
 )
 from wool.worker._execute import CANCELLED, execute
@@ -35,9 +36,17 @@ class WorkerService:
     """Runs the calls a worker receives and keeps track of them until they finish."""
 
     def __init__(
-        self, executor: Executor, *, default_grace: float, on_stop_request: Callable[[float], None]
+        self,
+        executor: Executor,
+        *,
+        default_grace: float,
+        on_stop_request: Callable[[float], None],
+        concurrency: int | None = None,
     ) -> None:
+
         self._executor = executor
+        self._concurrency = concurrency
+        self._slots: anyio.Semaphore | None = None
         self._default_grace = default_grace
         self._on_stop_request = on_stop_request
         self._running: dict[str, tuple[Execution[Response], float]] = {}
@@ -63,6 +72,14 @@ class WorkerService:
             )
         if task.id in self._running:
             return _rejected(RejectedReason.MALFORMED, f"call id {task.id!r} is already running")
+        if task.depth == 0 and self._concurrency is not None:
+            if self._slots is None:
+                self._slots = anyio.Semaphore(self._concurrency)
+            async with self._slots:
+                return await self._run(task)
+        return await self._run(task)
+
+    async def _run(self, task: Task) -> Response:
         execution = self._executor.start(functools.partial(execute, task), on_cancelled=CANCELLED)
         self._running[task.id] = (execution, task.grace)
         try:

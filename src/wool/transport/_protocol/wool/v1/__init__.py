@@ -344,6 +344,13 @@ class Task(betterproto2.Message):
     cloudpickle of (args, kwargs).
     """
 
+    depth: "int" = betterproto2.field(11, betterproto2.TYPE_UINT32)
+    """
+    0 for a call from outside the pool; a routine's nested calls count up.
+    A worker's concurrency limit applies to depth 0 only, so trees never
+    deadlock on it.
+    """
+
 
 default_message_pool.register_message("wool.v1", "Task", Task)
 
