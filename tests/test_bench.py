@@ -33,11 +33,18 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
     assert lines, finished.describe()
     report = json.loads(lines[-1])
 
-    assert {"floor", "asyncio", "trio", "targets", "targets_met"} <= set(report)
+    sections = {"floor", "asyncio", "trio", "cancel", "worker_loss", "targets", "targets_met"}
+    assert sections | {"targets_relative", "targets_relative_met"} <= set(report)
     assert report["quick"] is True
 
     floor = report["floor"]
-    assert {"latency_median_ms", "latency_p99_ms", "throughput_calls_per_s"} <= set(floor)
+    assert {
+        "latency_median_ms",
+        "latency_p99_ms",
+        "throughput_calls_per_s",
+        "raw_rtt_median_ms",
+        "raw_rtt_p99_ms",
+    } <= set(floor)
     _positive_numbers(floor, "floor")
 
     figures = {
@@ -48,19 +55,59 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
         "latency_p99_ratio",
         "throughput_ratio",
         "pool_start_s",
+        "latency_median_raw_rtt_ratio",
     }
     for backend in ("asyncio", "trio"):
         assert figures <= set(report[backend]), backend
         _positive_numbers(report[backend], backend)
         assert report[backend]["latency_p99_ms"] >= report[backend]["latency_median_ms"]
 
+    # Cancellation: caller's cancel -> the routine's finally on the worker, per caller.
+    cancel = report["cancel"]
+    assert cancel["pool_size"] >= 1
+    for backend in ("asyncio", "trio"):
+        stats = dict(cancel[backend])
+        late = stats.pop("finally_after_return")
+        assert isinstance(late, int) and 0 <= late <= stats["samples"], (backend, late)
+        assert set(stats) == {"median_ms", "p95_ms", "max_ms", "caller_return_median_ms", "samples"}
+        _positive_numbers(stats, f"cancel.{backend}")
+        assert stats["median_ms"] <= stats["p95_ms"] <= stats["max_ms"], (backend, stats)
+
+    # Worker loss: SIGKILL of the worker a call runs on -> WorkerLost in the caller.
+    loss = report["worker_loss"]
+    assert loss["pool_size"] >= 1
+    for backend in ("asyncio", "trio"):
+        stats = loss[backend]
+        assert set(stats) == {"median_ms", "max_ms", "replacement_median_s", "samples"}
+        _positive_numbers(stats, f"worker_loss.{backend}")
+        assert stats["median_ms"] <= stats["max_ms"], (backend, stats)
+
     targets = report["targets"]
     _positive_numbers(targets, "targets")
+    assert targets["cancel_median_ms_max"] == 2.0
+    assert targets["worker_loss_ms_max"] == 100.0
     met = report["targets_met"]
     assert set(met) == {
         "asyncio_latency_median",
         "asyncio_throughput",
         "trio_latency_median",
         "trio_throughput",
+        "cancel_asyncio",
+        "cancel_trio",
+        "worker_loss_asyncio",
+        "worker_loss_trio",
     }
     assert all(isinstance(v, bool) for v in met.values()), met
+
+    # The floor-relative view of the latency targets, next to (not instead of) the absolute.
+    relative = report["targets_relative"]
+    _positive_numbers(relative, "targets_relative")
+    assert relative["asyncio_latency_median_ratio_max"] == 10.0
+    assert set(relative) == {
+        "reference_loopback_rtt_ms",
+        "asyncio_latency_median_ratio_max",
+        "trio_latency_median_ratio_max",
+    }
+    relative_met = report["targets_relative_met"]
+    assert set(relative_met) == {"asyncio_latency_median", "trio_latency_median"}
+    assert all(isinstance(v, bool) for v in relative_met.values()), relative_met

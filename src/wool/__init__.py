@@ -20,12 +20,27 @@ from wool._errors import (
     WorkerLost,
     WorkerStartError,
 )
+from wool.discovery import (
+    DiscoveryEvent,
+    DiscoveryLike,
+    DiscoveryPublisherLike,
+    DnsDiscovery,
+    LanDiscovery,
+    LocalDiscovery,
+    WorkerMetadata,
+)
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.pool import WorkerPool
 from wool.routine import Routine, routine
 
 __all__ = [
+    "DiscoveryEvent",
+    "DiscoveryLike",
+    "DiscoveryPublisherLike",
+    "DnsDiscovery",
+    "LanDiscovery",
     "LoadBalancerLike",
+    "LocalDiscovery",
     "NoPoolError",
     "NoWorkersAvailable",
     "ProtocolError",
@@ -35,6 +50,7 @@ __all__ = [
     "TaskException",
     "WoolError",
     "WorkerLost",
+    "WorkerMetadata",
     "WorkerPool",
     "WorkerStartError",
     "__version__",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wool.discovery._dns import DnsDiscovery
+from wool.discovery._lan import SERVICE_TYPE, LanDiscovery
 from wool.discovery._local import LocalDiscovery
 from wool.discovery._merged import MergedDiscovery
 from wool.discovery._protocol import (
@@ -14,10 +16,13 @@ from wool.discovery._protocol import (
 )
 
 __all__ = [
+    "SERVICE_TYPE",
     "DiscoveryEvent",
     "DiscoveryLike",
     "DiscoveryPublisherLike",
+    "DnsDiscovery",
     "EventKind",
+    "LanDiscovery",
     "LocalDiscovery",
     "MergedDiscovery",
     "WorkerFilter",

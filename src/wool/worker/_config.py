@@ -25,6 +25,10 @@ class WorkerConfig:
     tags: frozenset[str] = field(default_factory=frozenset)
     host: str = "127.0.0.1"
     port: int = 0
+    # The address published for callers; defaults to ``host``.
+    advertise_host: str | None = None
+    # Root calls run at once at most; nested calls are never held back.
+    concurrency: int | None = None
     grace: float = 5.0
     keepalive: float | None = 2.0
     wait_for_workers: float = 30.0

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -24,7 +25,7 @@ from wool.transport._bridge import new_event_loop
 from wool.worker._config import WorkerConfig, read_config
 from wool.worker._worker import serve
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 log = logging.getLogger("wool.worker")
 
@@ -66,7 +67,15 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="wool-parent-watch", daemon=True).start()
 
 
-def _run_asyncio(config: WorkerConfig, report: _Reporter) -> None:
+def run(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
+    """Run a worker in this process, on the event loop of ``config.backend``, until stopped."""
+    if config.backend == "trio":
+        _run_trio(config, report)
+    else:
+        _run_asyncio(config, report)
+
+
+def _run_asyncio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
     async def main() -> None:
         portal = portal_for_host()
         await serve(config, portal, asyncio_executor(), report)
@@ -75,7 +84,7 @@ def _run_asyncio(config: WorkerConfig, report: _Reporter) -> None:
         runner.run(main())
 
 
-def _run_trio(config: WorkerConfig, report: _Reporter) -> None:
+def _run_trio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
     async def main() -> None:
         portal = portal_for_host()
         try:
@@ -102,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module)
         if config.parent_pid is not None:
             _watch_parent(config.parent_pid)
-        run = _run_trio if config.backend == "trio" else _run_asyncio
         run(config, report)
     except BaseException:
         report({"ok": False, "error": traceback.format_exc()})

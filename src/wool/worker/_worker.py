@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from wool._errors import WoolError
 from wool.discovery import WorkerMetadata
 from wool.pool._proxy import open_proxy
 from wool.routine import set_process_dispatcher
@@ -45,17 +46,29 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         grace[0] = requested_grace
         os.kill(os.getpid(), signal.SIGTERM)
 
-    service = WorkerService(executor, default_grace=config.grace, on_stop_request=request_stop)
+    service = WorkerService(
+        executor,
+        default_grace=config.grace,
+        on_stop_request=request_stop,
+        concurrency=config.concurrency,
+    )
     server = await portal.run(_new_server, service, config.keepalive)
-    port = await portal.run(server.start, config.host, config.port)
+    try:
+        port = await portal.run(server.start, config.host, config.port)
+    except OSError as exc:
+        raise WoolError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
+            "choose another --port (0 picks a free one) or stop what uses it"
+        ) from exc
     metadata = WorkerMetadata(
         id=config.id,
-        host=config.host,
+        host=config.advertise_host or config.host,
         port=port,
         pid=os.getpid(),
         tags=config.tags,
         version=wool_version(),
         backend=config.backend,
+        options=(("keepalive", str(config.keepalive)),) if config.keepalive else (),
     )
     service.metadata = metadata
     try:

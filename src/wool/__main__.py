@@ -1,0 +1,5 @@
+import sys
+
+from wool._cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Discovery through a DNS name with one address per worker (a Kubernetes headless Service)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from wool.discovery._protocol import DiscoveryEvent, EventKind, WorkerFilter, WorkerMetadata
+from wool.transport import Client, ConnectionLost, Portal, WorkerInfo, portal_for_host
+
+__all__ = ["DnsDiscovery"]
+
+log = logging.getLogger("wool.discovery")
+
+# Unanswered Info calls in a row before a worker that DNS still lists is dropped.
+_MISSES = 2
+
+
+class DnsDiscovery:
+    """Workers behind one DNS name, all listening on ``port``.
+
+    Every ``interval`` seconds the name is resolved; each new address is asked for its
+    identity (the worker's Info call), and workers whose address disappears, or that stop
+    answering, are dropped. Publishing is a no-op: the platform (e.g. Kubernetes, through a
+    headless Service) maintains the name.
+    """
+
+    def __init__(
+        self, name: str, port: int, *, interval: float = 5.0, timeout: float = 2.0
+    ) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be 1..65535, got {port}")
+        self.name = name
+        self.port = port
+        self.interval = interval
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"DnsDiscovery({self.name!r}, {self.port})"
+
+    @asynccontextmanager
+    async def publisher(self) -> AsyncGenerator[_NoPublisher, None]:
+        yield _NoPublisher()
+
+    @asynccontextmanager
+    async def subscriber(
+        self, filter: WorkerFilter | None = None
+    ) -> AsyncGenerator[AsyncIterator[DiscoveryEvent], None]:
+        portal = portal_for_host()
+        clients: dict[str, Client] = {}
+        try:
+            yield self._events(portal, clients, filter)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for client in clients.values():
+                    with contextlib.suppress(Exception):
+                        await portal.run(client.close)
+            portal.close()
+
+    async def _resolve(self) -> set[str] | None:
+        try:
+            results = await anyio.getaddrinfo(self.name, self.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            log.warning("cannot resolve %s: %s; keeping the workers already known", self.name, exc)
+            return None
+        return {str(sockaddr[0]) for *_, sockaddr in results}
+
+    async def _events(
+        self, portal: Portal, clients: dict[str, Client], filter: WorkerFilter | None
+    ) -> AsyncIterator[DiscoveryEvent]:
+        known: dict[str, WorkerMetadata] = {}
+        misses: dict[str, int] = {}
+        while True:
+            addresses = await self._resolve()
+            if addresses is not None:
+                for address in known.keys() - addresses:
+                    yield DiscoveryEvent("worker-dropped", known.pop(address))
+                for address in sorted(addresses):
+                    client = clients.get(address)
+                    if client is None:
+                        client = clients[address] = Client(address, self.port)
+                    try:
+                        info = await portal.run(client.info, self.timeout)
+                    except ConnectionLost:
+                        misses[address] = misses.get(address, 0) + 1
+                        if address in known and misses[address] >= _MISSES:
+                            yield DiscoveryEvent("worker-dropped", known.pop(address))
+                        continue
+                    misses.pop(address, None)
+                    worker = _metadata(info, address, self.port)
+                    previous = known.get(address)
+                    if filter is not None and not filter(worker):
+                        if previous is not None:
+                            yield DiscoveryEvent("worker-dropped", known.pop(address))
+                        continue
+                    if previous != worker:
+                        known[address] = worker
+                        kind: EventKind = "worker-added" if previous is None else "worker-updated"
+                        yield DiscoveryEvent(kind, worker)
+            await anyio.sleep(self.interval)
+
+
+def _metadata(info: WorkerInfo, address: str, port: int) -> WorkerMetadata:
+    return WorkerMetadata(
+        id=info.id,
+        host=address,
+        port=port,
+        pid=info.pid,
+        tags=frozenset(info.tags),
+        version=info.version,
+        backend=info.backend,
+        secure=info.secure,
+    )
+
+
+class _NoPublisher:
+    async def publish(self, kind: EventKind, worker: WorkerMetadata) -> None:
+        pass
