@@ -172,3 +172,8 @@ async def tree(depth: int, marker_dir: str) -> None:
             tg.start_soon(tree, depth - 1, marker_dir)
     finally:
         (Path(marker_dir) / f"{depth}-{uuid.uuid4().hex}").write_text("finally")
+
+
+@wool.routine
+async def read_text(path: str) -> str:
+    return Path(path).read_text()

@@ -62,9 +62,10 @@ class LocalDiscovery:
 
     def __init__(self, namespace: str | None = None, *, poll_interval: float = 0.05) -> None:
         self.namespace = namespace or f"ns-{uuid.uuid4().hex[:12]}"
-        if "/" in self.namespace or self.namespace.startswith("."):
+        if not _NAMESPACE.fullmatch(self.namespace):
             raise ValueError(
-                f"invalid namespace {self.namespace!r}: use letters, digits, '-' or '_'"
+                f"invalid namespace {self.namespace!r}: use up to 63 letters, digits, '-' "
+                "and '_', not starting with '-'"
             )
         self.poll_interval = poll_interval
 

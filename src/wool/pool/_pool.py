@@ -77,7 +77,7 @@ class WorkerPool:
         discovery: DiscoveryLike | None = None,
         backend: Backend | None = None,
         grace: float = 5.0,
-        keepalive: float | None = 2.0,
+        keepalive: float | None = 5.0,
         start_timeout: float = 60.0,
         imports: tuple[str, ...] | list[str] = (),
         loadbalancer: LoadBalancerLike | None = None,

@@ -153,6 +153,9 @@ class Client:
         self._port = port
         self._keepalive = keepalive
         self._connections: list[_Connection] = []
+        # Connections of calls cancelled while in flight: their Cancel request must travel
+        # behind the stream's reset on the same connection, or it could overtake it.
+        self._cancelled_on: dict[str, _Connection] = {}
 
     def _connection(self) -> _Connection:
         for connection in self._connections:
@@ -165,10 +168,6 @@ class Client:
         connection = _Connection(channel)
         self._connections.append(connection)
         return connection
-
-    @property
-    def _channel(self) -> grpclib.client.Channel:
-        return self._connection().channel
 
     @property
     def busy(self) -> bool:
@@ -197,6 +196,10 @@ class Client:
             raise ConnectionLost(f"connection to worker {self.address} lost: {exc}") from exc
         except GRPCError as exc:
             raise ConnectionLost(f"worker {self.address} failed the call: {exc.message}") from exc
+        except asyncio.CancelledError:
+            if request.task is not None:
+                self._cancelled_on[request.task.id] = connection
+            raise
         finally:
             connection.streams -= 1
         if response is None:
@@ -205,7 +208,10 @@ class Client:
 
     async def cancel(self, call_id: str, timeout: float) -> bool:
         """Cancel a call; returns once the worker says its routine finished unwinding."""
-        reply = await self._request(_CANCEL, CancelRequest(id=call_id), CancelResponse, timeout)
+        connection = self._cancelled_on.pop(call_id, None)
+        reply = await self._request(
+            _CANCEL, CancelRequest(id=call_id), CancelResponse, timeout, connection
+        )
         return reply.cancelled
 
     async def info(self, timeout: float) -> WorkerInfo:
@@ -214,8 +220,16 @@ class Client:
     async def stop(self, grace: float, timeout: float) -> None:
         await self._request(_STOP, StopRequest(grace=grace), StopResponse, timeout)
 
-    async def _request(self, path: str, request: Any, reply: type, timeout: float) -> Any:
-        stream = self._channel.request(
+    async def _request(
+        self,
+        path: str,
+        request: Any,
+        reply: type,
+        timeout: float,
+        connection: _Connection | None = None,
+    ) -> Any:
+        channel = (connection or self._connection()).channel
+        stream = channel.request(
             path, grpclib.const.Cardinality.UNARY_UNARY, type(request), reply, timeout=timeout
         )
         try:

@@ -30,7 +30,7 @@ class WorkerConfig:
     # Root calls run at once at most; nested calls are never held back.
     concurrency: int | None = None
     grace: float = 5.0
-    keepalive: float | None = 2.0
+    keepalive: float | None = 5.0
     wait_for_workers: float = 30.0
     sys_path: list[str] = field(default_factory=list)
     imports: tuple[str, ...] = ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -48,8 +49,10 @@ async def execute(task: Task, scope: anyio.CancelScope) -> Response:
     with scope:
         try:
             value: Any = await call(*args, **kwargs)
-        except anyio.get_cancelled_exc_class():
-            raise
+        except anyio.get_cancelled_exc_class() as exc:
+            if scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
+                raise
+            response = failure(exc)  # nothing cancelled it: the routine raised it itself
         except BaseException as exc:
             response = failure(exc)
         else:

@@ -76,6 +76,8 @@ class WorkerService:
             if self._slots is None:
                 self._slots = anyio.Semaphore(self._concurrency)
             async with self._slots:
+                if self._stopping:  # the worker began to stop while the call waited
+                    return _rejected(RejectedReason.STOPPING, "the worker is stopping")
                 return await self._run(task)
         return await self._run(task)
 
