@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -9,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-WOOL_TMP = Path(tempfile.gettempdir()) / f"wool-{os.getuid()}"
+# The suite (and every process it starts) gets a temp dir of its own, so that what it
+# leaves behind, and only that, can be found and then removed.
+SUITE_TMP = Path(tempfile.mkdtemp(prefix="wool-tests-"))
+os.environ["TMPDIR"] = str(SUITE_TMP)
+tempfile.tempdir = None
+WOOL_TMP = SUITE_TMP / f"wool-{os.getuid()}"
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -53,9 +59,16 @@ def no_leftover_processes() -> Iterator[None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def no_leftover_files() -> Iterator[None]:
-    """After the whole suite, nothing wool created is left in the temp dir."""
-    existed = WOOL_TMP.exists()
+    """After the whole suite, nothing wool created is left in the temp dir or /dev/shm."""
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     yield
-    if not existed and WOOL_TMP.exists():
-        left = sorted(str(p) for p in WOOL_TMP.rglob("*"))
-        pytest.fail(f"the suite left wool files behind: {left or [str(WOOL_TMP)]}")
+    existed = WOOL_TMP.exists()
+    left = sorted(str(p) for p in WOOL_TMP.rglob("*")) if existed else []
+    shm_after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    shm_left = sorted(n for n in shm_after - shm_before if "wool" in n)
+    if existed or shm_left:
+        pytest.fail(f"the suite left wool files behind: {left or [str(WOOL_TMP)]} {shm_left}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SUITE_TMP, ignore_errors=True)

@@ -9,6 +9,7 @@ Only addresses inside the lab's own namespaces are used; the host's interfaces a
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -77,6 +78,26 @@ class Proc:
             if time.monotonic() > deadline:
                 pytest.fail(
                     f"{self.name} did not print {text!r} in {timeout:g} s\n{self.describe()}"
+                )
+            time.sleep(0.05)
+
+    def wait_line(
+        self, pattern: str, *, stream: str = "stdout", timeout: float = 20.0
+    ) -> re.Match[str]:
+        """Wait for a complete output line matching the regular expression ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.popen.poll() is not None
+            content = self.stdout() if stream == "stdout" else self.stderr()
+            for line in content.splitlines(keepends=True):
+                if line.endswith("\n") and (match := regex.search(line)):
+                    return match
+            if exited:
+                pytest.fail(f"{self.name} exited before printing /{pattern}/\n{self.describe()}")
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"{self.name} did not print /{pattern}/ in {timeout:g} s\n{self.describe()}"
                 )
             time.sleep(0.05)
 

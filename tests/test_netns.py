@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from .netns import Lab, skip_unless_possible
+from .netns import Lab, Proc, skip_unless_possible
 
 WOOL = Path(sys.executable).parent / "wool"
-SERVING = re.compile(r"serving at (\S+):(\d+) \((\w+), pid (\d+)\)")
+SERVING = r"serving at (\S+):(\d+) \((\w+), pid (\d+)\)"
 
 
 @pytest.fixture
@@ -41,11 +41,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         lab.close()
 
 
-def serving(worker_proc_stderr: str) -> tuple[str, int, str, int]:
-    """(host, port, backend, pid) from a worker's "serving at" log line."""
-    match = SERVING.search(worker_proc_stderr)
-    assert match, worker_proc_stderr
-    host, port, backend, pid = match.groups()
+def serving(worker: Proc) -> tuple[str, int, str, int]:
+    """(host, port, backend, pid) from the worker's "serving at ..." log line (bounded wait)."""
+    host, port, backend, pid = worker.wait_line(SERVING, stream="stderr").groups()
     return host, int(port), backend, int(pid)
 
 
@@ -62,10 +60,11 @@ import sys
 
 import anyio
 import sniffio
+import trio
 
 import wool
 
-NAMESPACE, BACKEND = sys.argv[1], sys.argv[2]
+NAMESPACE, BACKEND, RUNNER = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 @wool.routine
@@ -75,7 +74,7 @@ async def where():
 
 async def main():
     discovery = wool.LanDiscovery(NAMESPACE)
-    async with wool.WorkerPool(discovery=discovery, start_timeout=20) as pool:
+    async with wool.WorkerPool(discovery=discovery, start_timeout=10) as pool:
         pid, netns, library = await where()
         print("called", pid, netns, library, flush=True)
         with anyio.fail_after(15):
@@ -85,12 +84,25 @@ async def main():
 
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-anyio.run(main, backend=BACKEND)
+if RUNNER == "trio.run":
+    trio.run(main)
+else:
+    anyio.run(main, backend=BACKEND)
 """
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_lan_discovery_across_two_hosts(lab: Lab, tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "runner"),
+    [
+        pytest.param("asyncio", "anyio.run", id="asyncio"),
+        pytest.param("trio", "anyio.run", id="trio"),
+        # The same pool under trio.run(), which leaves sniffio's context variable unset.
+        pytest.param("trio", "trio.run", id="trio-native"),
+    ],
+)
+def test_lan_discovery_across_two_hosts(
+    lab: Lab, tmp_path: Path, backend: str, runner: str
+) -> None:
     a, b = lab.namespace("a"), lab.namespace("b")
     _, worker_host = lab.link(a, b, f"10.201.{random.randint(1, 254)}")
     namespace = f"netns-{lab.prefix}"
@@ -111,7 +123,7 @@ def test_lan_discovery_across_two_hosts(lab: Lab, tmp_path: Path, backend: str) 
         "--log-level",
         "INFO",
     )
-    host, port, worker_backend, pid = serving(worker.wait_for("serving at", stream="stderr"))
+    host, port, worker_backend, pid = serving(worker)
     assert (host, worker_backend, pid) == (worker_host, backend, worker.pid)
 
     script = tmp_path / "lan_pool.py"
@@ -120,10 +132,10 @@ def test_lan_discovery_across_two_hosts(lab: Lab, tmp_path: Path, backend: str) 
     listing = lab.start(
         a, "workers", WOOL, "workers", "--discovery", "lan", "--namespace", namespace, "--wait", "5"
     )
-    pool = lab.start(a, "pool", sys.executable, script, namespace, backend)
+    pool = lab.start(a, "pool", sys.executable, script, namespace, backend, runner)
 
-    out = pool.wait_for("called", timeout=30)
-    called_pid, called_netns, library = out.split("called", 1)[1].split()[:3]
+    called = pool.wait_line(r"^called (\d+) (\d+) (\w+)$", timeout=30)
+    called_pid, called_netns, library = called.groups()
     assert int(called_pid) == worker.pid, lab.describe()
     assert int(called_netns) == netns_inode(b) != netns_inode(a)
     assert library == backend
@@ -218,15 +230,16 @@ def test_dns_discovery_follows_the_name(lab: Lab, tmp_path: Path) -> None:
         for host in ("127.0.0.2", "127.0.0.3")
     }
     for host, worker in workers.items():
-        assert serving(worker.wait_for("serving at", stream="stderr"))[:2] == (host, port)
+        assert serving(worker)[:2] == (host, port)
 
     script, go = tmp_path / "dns_pool.py", tmp_path / "go"
     script.write_text(textwrap.dedent(DNS_POOL))
     pool = lab.start(ns, "pool", sys.executable, script, name, str(port), go)
 
-    out = pool.wait_for("hosts 127.0.0.2 127.0.0.3\n", timeout=30)
-    all_pids = " ".join(map(str, sorted(w.pid for w in workers.values())))
-    assert f"both-pids {all_pids}\n" in pool.wait_for("both-pids", timeout=20), lab.describe()
+    pool.wait_for("hosts 127.0.0.2 127.0.0.3\n", timeout=30)
+    # Round robin over the two addresses: calls reach both workers.
+    both = pool.wait_line(r"^both-pids (.*)$").group(1)
+    assert both == " ".join(map(str, sorted(w.pid for w in workers.values()))), lab.describe()
 
     # The name loses an address: the pool drops that worker although it still runs. The
     # file is rewritten in place: `ip netns exec` bind-mounts it, and a mount follows the inode.
@@ -234,9 +247,9 @@ def test_dns_discovery_follows_the_name(lab: Lab, tmp_path: Path) -> None:
         file.truncate()
         file.write(f"{HOSTS}127.0.0.2 {name}\n")
     go.write_text("go")
-    out = pool.wait_for("hosts 127.0.0.2\n", timeout=20)
-    one = f"one-pid {workers['127.0.0.2'].pid}\n"
-    assert one in pool.wait_for("one-pid", timeout=20), lab.describe()
+    pool.wait_for("hosts 127.0.0.2\n", timeout=20)
+    one = pool.wait_line(r"^one-pid (.*)$").group(1)
+    assert one == str(workers["127.0.0.2"].pid), lab.describe()
     assert workers["127.0.0.3"].popen.poll() is None
 
     # The last worker dies without a word: it stops answering, and the pool drops it.
@@ -245,6 +258,8 @@ def test_dns_discovery_follows_the_name(lab: Lab, tmp_path: Path) -> None:
     out = pool.wait_for("empty", timeout=20)
     assert pool.wait(20) == 0, lab.describe([pool])
     assert out.count("hosts") == 2
+    # Both were dropped by discovery (they left the pool), not merely suspended.
+    assert len(re.findall(r"worker \S+ left pool", pool.stderr())) == 2, lab.describe([pool])
 
     workers["127.0.0.3"].signal(signal.SIGTERM)
     assert workers["127.0.0.3"].wait(20) == 0, lab.describe()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -181,7 +182,9 @@ class _ThreadPortal:
             token.run_sync_soon(trio.lowlevel.reschedule, waiter, result)
 
         def start() -> None:
-            task = loop.create_task(fn(*args))
+            # A fresh context: the caller's says "trio" to sniffio (anyio.run sets it),
+            # and anyio code on this asyncio loop must not believe it.
+            task = loop.create_task(fn(*args), context=contextvars.Context())
             handle.append(task)
             task.add_done_callback(finished)
             if cancel_requested:
