@@ -16,6 +16,16 @@ the request, awaits the function and pickles the result. Client and server run o
 default asyncio loop, so the difference to wool is what wool's machinery (gRPC over HTTP/2,
 dispatch, load balancing, the trio bridge) adds on top of pickling and a socket.
 
+The grpclib reference is the same call over wool's own transport with nothing of wool's
+dispatch around it: a ``wool.transport.Client`` (asyncio caller only) sends a ``Request``
+carrying a ``Task`` of the same sizes wool sends (the pickled ``add``, pickled arguments) to a
+``wool.transport.Server`` in a second process (uvloop where installed) whose service answers
+every dispatch at once with a pickled 3. One HTTP/2 stream per call, one request frame with
+end of stream and one response frame: what any design with the issue's protocol pays for
+grpclib and HTTP/2. The asyncio section also reports wool's figures as ratios to it
+(``latency_median_grpclib_ratio``, ``throughput_grpclib_ratio``: ``wool / grpclib``), which is
+what wool's own dispatch adds.
+
 Every wool figure is also reported as a ratio to the floor, because absolute figures depend
 on the machine, and shared or noisy machines (CI, laptops on battery) swing them by a lot;
 the floor, measured minutes apart in the same process, swings with them. Latency ratios are
@@ -48,11 +58,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
 import pickle
 import platform
+import select
 import shutil
 import signal
 import socket
@@ -62,6 +74,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -72,6 +85,7 @@ import cloudpickle
 import trio
 
 import wool
+from wool.transport import PROTOCOL_VERSION, Request, Response, Task, WorkerInfo
 
 HOST = "127.0.0.1"  # the only address this benchmark ever uses
 POOL_SIZE = 2
@@ -95,6 +109,10 @@ PROBE_SECONDS = 30.0  # how long the probe routine sleeps if nothing ends it ear
 SAMPLE_TIMEOUT = 20.0  # seconds one cancel or worker-loss sample may take
 REPLACE_TIMEOUT = 60.0  # seconds the pool may take to replace a killed worker
 POLL = 0.001  # seconds between looks at the probe's files
+SERVER_START_TIMEOUT = 30.0  # seconds the grpclib reference server may take to print its port
+# The grpclib reference's stub service answers every call with this, as if it ran add(1, 2).
+GRPCLIB_ARGS = (1, 2)
+GRPCLIB_GRACE = 5.0
 _FRAME = struct.Struct("!I")
 _ECHO = b"rtt-8byt"
 
@@ -381,6 +399,147 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
         _log(f"helper server {process.pid} did not exit after SIGKILL")
 
 
+# ---------------------------------------------------------------------------- grpclib reference
+
+
+class _StubService:
+    """wool's transport ``Service`` with nothing behind it: every dispatch answers at once."""
+
+    def __init__(self) -> None:
+        self._result = cloudpickle.dumps(sum(GRPCLIB_ARGS), protocol=pickle.HIGHEST_PROTOCOL)
+
+    async def dispatch(self, request: Request) -> Response:
+        return Response(result=self._result)
+
+    async def cancel(self, call_id: str) -> bool:
+        return False
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo()
+
+    async def stop(self, grace: float) -> None:
+        return None
+
+
+async def _serve_grpclib() -> None:
+    server = wool.transport.Server(_StubService())
+    try:
+        port = await server.start(HOST, 0)
+        print(port, flush=True)
+        await asyncio.Event().wait()  # until killed
+    finally:
+        await server.close()
+
+
+def grpclib_server() -> None:
+    """The reference server: ``wool.transport.Server`` on uvloop (asyncio without it)."""
+    threading.Thread(target=_exit_when_parent_goes, daemon=True).start()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve_grpclib())
+    else:
+        uvloop.run(_serve_grpclib())
+
+
+class _GrpclibServerProcess:
+    """``--grpclib-server`` in a second process; it binds 127.0.0.1 and prints its port.
+
+    Leaving the ``with`` kills it, however the block ends, and it exits by itself if this
+    process dies (its stdin closes).
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def __enter__(self) -> _GrpclibServerProcess:
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--grpclib-server"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            self.port = _read_port(self._process, SERVER_START_TIMEOUT)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._process is not None:
+            _kill(self._process)
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            self._process = None
+
+
+def _read_port(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """The first line the server prints, as a port; waits at most ``timeout`` seconds."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"the grpclib server printed no port within {timeout} s")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 64)
+        if not chunk:
+            raise RuntimeError(f"the grpclib server exited ({process.poll()}) before its port")
+        data += chunk
+    port = int(data)
+    if not 0 < port < 65536:
+        raise RuntimeError(f"the grpclib server printed {port!r}, not a port")
+    return port
+
+
+async def _grpclib_client(port: int, args: argparse.Namespace) -> dict[str, float]:
+    # The sizes wool sends for `add(x, y)`: the routine pickled by value (it lives in
+    # __main__), the arguments pickled, an id, the routine's name, the caller, the depth.
+    function = cloudpickle.dumps(add, protocol=pickle.HIGHEST_PROTOCOL)
+    arguments = cloudpickle.dumps((GRPCLIB_ARGS, {}), protocol=pickle.HIGHEST_PROTOCOL)
+    ids = map(f"{uuid.uuid4().hex[:12]}-{{}}".format, itertools.count())
+    caller = f"{os.uname().nodename}:{os.getpid()}"
+    expected = sum(GRPCLIB_ARGS)
+    client = wool.transport.Client(HOST, port)
+
+    async def call(i: int) -> int:
+        task = Task(
+            version=PROTOCOL_VERSION,
+            id=next(ids),
+            routine="add",
+            function=function,
+            arguments=arguments,
+            grace=GRPCLIB_GRACE,
+            caller=caller,
+            depth=1,
+        )
+        response = await client.call(Request(task=task))
+        if response.result is None or pickle.loads(response.result) != expected:
+            raise AssertionError(f"the grpclib reference server answered {response!r}")
+        return i + 1  # what the harness expects of add(i, 1); the stub's answer was checked
+
+    try:
+        async with asyncio.timeout(args.timeout):
+            await _sequential(call, args.warmup)
+            samples = await _sequential(call, args.calls)
+            await _concurrent_asyncio(call, args.warmup)
+            throughput = await _concurrent_asyncio(call, args.concurrent)
+    finally:
+        await client.close()
+    return {**_latency_stats(samples), "throughput_calls_per_s": throughput}
+
+
+def _measure_grpclib(args: argparse.Namespace) -> dict[str, float]:
+    """Start the grpclib reference server, measure against it, always kill it."""
+    with _GrpclibServerProcess() as server:
+        return asyncio.run(_grpclib_client(server.port, args))
+
+
 # ---------------------------------------------------------------------------- failure paths
 
 
@@ -646,6 +805,7 @@ def _targets_met(
 def _report(
     args: argparse.Namespace,
     floor: dict[str, float],
+    grpclib: dict[str, float],
     asyncio_figures: dict[str, float],
     trio_figures: dict[str, float],
     cancel: dict[str, dict[str, float]],
@@ -654,6 +814,12 @@ def _report(
     targets = _targets()
     targets_relative = _targets_relative()
     asyncio_report = _with_ratios(asyncio_figures, floor)
+    asyncio_report["latency_median_grpclib_ratio"] = _ratio(
+        asyncio_figures["latency_median_ms"], grpclib["latency_median_ms"]
+    )
+    asyncio_report["throughput_grpclib_ratio"] = _ratio(
+        asyncio_figures["throughput_calls_per_s"], grpclib["throughput_calls_per_s"]
+    )
     trio_report = _with_ratios(trio_figures, floor)
     return {
         "wool_version": wool.__version__,
@@ -673,6 +839,11 @@ def _report(
             "connections": FLOOR_CONNECTIONS,
             "raw_rtt_median_ms": floor["raw_rtt_median_ms"],
             "raw_rtt_p99_ms": floor["raw_rtt_p99_ms"],
+        },
+        "grpclib": {
+            "latency_median_ms": grpclib["latency_median_ms"],
+            "latency_p99_ms": grpclib["latency_p99_ms"],
+            "throughput_calls_per_s": round(grpclib["throughput_calls_per_s"], 1),
         },
         "asyncio": asyncio_report,
         "trio": trio_report,
@@ -720,6 +891,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--floor-server", type=int, metavar="FD", help=argparse.SUPPRESS)
     parser.add_argument("--echo-server", type=int, metavar="FD", help=argparse.SUPPRESS)
+    parser.add_argument("--grpclib-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     names = ("calls", "warmup", "concurrent", "timeout", "cancel_samples", "cancel_warmup")
     names += ("loss_samples",)
@@ -744,11 +916,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.echo_server is not None:
         echo_server(args.echo_server)
         return
+    if args.grpclib_server:
+        grpclib_server()
+        return
     _log(f"{args.calls} sequential + {args.concurrent} concurrent calls, pool of {POOL_SIZE}")
     floor = _measure_floor(args)
     _log(_summary("floor (asyncio + TCP loopback)", floor))
     floor.update(_measure_raw_rtt(args))
     _log(f"raw loopback round trip: median {floor['raw_rtt_median_ms']:.3f} ms")
+    grpclib = _measure_grpclib(args)
+    _log(_summary("grpclib reference (wool.transport, no dispatch; asyncio)", grpclib))
     asyncio_figures = asyncio.run(_wool_asyncio(args))
     _log(_summary("wool, asyncio caller", asyncio_figures))
     trio_figures = trio.run(_wool_trio, args)
@@ -763,7 +940,7 @@ def main(argv: list[str] | None = None) -> None:
     _log(_failure_summary("asyncio caller", cancel["asyncio"], loss["asyncio"]))
     cancel["trio"], loss["trio"] = trio.run(_failures, args)
     _log(_failure_summary("trio caller", cancel["trio"], loss["trio"]))
-    report = _report(args, floor, asyncio_figures, trio_figures, cancel, loss)
+    report = _report(args, floor, grpclib, asyncio_figures, trio_figures, cancel, loss)
     print(json.dumps(report), flush=True)
 
 

@@ -33,7 +33,8 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
     assert lines, finished.describe()
     report = json.loads(lines[-1])
 
-    sections = {"floor", "asyncio", "trio", "cancel", "worker_loss", "targets", "targets_met"}
+    sections = {"floor", "grpclib", "asyncio", "trio", "cancel", "worker_loss", "targets"}
+    sections |= {"targets_met"}
     assert sections | {"targets_relative", "targets_relative_met"} <= set(report)
     assert report["quick"] is True
 
@@ -61,6 +62,16 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
         assert figures <= set(report[backend]), backend
         _positive_numbers(report[backend], backend)
         assert report[backend]["latency_p99_ms"] >= report[backend]["latency_median_ms"]
+
+    # The grpclib reference: wool's transport without wool's dispatch, asyncio caller only.
+    grpclib = report["grpclib"]
+    assert set(grpclib) == {"latency_median_ms", "latency_p99_ms", "throughput_calls_per_s"}
+    _positive_numbers(grpclib, "grpclib")
+    assert grpclib["latency_p99_ms"] >= grpclib["latency_median_ms"]
+    assert {"latency_median_grpclib_ratio", "throughput_grpclib_ratio"} <= set(report["asyncio"])
+    assert report["asyncio"]["latency_median_grpclib_ratio"] == pytest.approx(
+        report["asyncio"]["latency_median_ms"] / grpclib["latency_median_ms"], abs=1e-3
+    )
 
     # Cancellation: caller's cancel -> the routine's finally on the worker, per caller.
     cancel = report["cancel"]

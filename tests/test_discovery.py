@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -338,3 +339,24 @@ def test_wool_command_rejects_bad_usage(args: list[str], message: str) -> None:
     result = subprocess.run([*WOOL, *args], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+async def test_local_discovery_refuses_a_directory_others_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    discovery = wool.LocalDiscovery(f"test-{uuid.uuid4().hex[:8]}")
+    root = discovery.path.parent
+    root.mkdir()
+    root.chmod(0o777)  # as if another user had made it first
+    (discovery.path).mkdir()
+    (discovery.path / "planted.json").write_text(
+        '{"id": "planted", "host": "127.0.0.1", "port": 1, "pid": 0, "tags": []}'
+    )
+    assert discovery.scan() == []
+    async with discovery.publisher() as publisher:
+        with pytest.raises(PermissionError, match="TMPDIR"):
+            await publisher.publish("worker-added", metadata(1))
+    root.chmod(0o700)
+    assert [w.id for w in discovery.scan()] == ["planted"]
+    (discovery.path / "planted.json").unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import socket
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to drain calls on stop before cancelling them",
     )
     worker.add_argument(
-        "--keepalive", type=float, default=2.0, help="seconds between HTTP/2 pings on open calls"
+        "--keepalive", type=float, default=5.0, help="seconds between HTTP/2 pings on open calls"
     )
     worker.add_argument("--tls-cert", help="(not supported yet)")
     worker.add_argument("--tls-key", help="(not supported yet)")
@@ -120,6 +121,14 @@ def _advertised_host(host: str) -> str:
     return "127.0.0.1"
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _worker(args: argparse.Namespace) -> int:
     from wool.worker._config import WorkerConfig
     from wool.worker._main import run
@@ -128,6 +137,14 @@ def _worker(args: argparse.Namespace) -> int:
         print("wool worker: TLS is not supported yet; run without --tls-* options", file=sys.stderr)
         return 2
     host = args.host or ("0.0.0.0" if args.discovery == "lan" else "127.0.0.1")
+    advertised = args.advertise_host or _advertised_host(host)
+    if args.discovery == "lan" and not _is_ip(advertised):
+        print(
+            f"wool worker: --discovery lan advertises an IP address; {advertised!r} is not "
+            "one (pass --advertise-host with this host's address)",
+            file=sys.stderr,
+        )
+        return 2
     config = WorkerConfig(
         id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         discovery=_discovery(args),
@@ -135,7 +152,7 @@ def _worker(args: argparse.Namespace) -> int:
         tags=frozenset(args.tag),
         host=host,
         port=args.port,
-        advertise_host=args.advertise_host or _advertised_host(host),
+        advertise_host=advertised,
         concurrency=args.concurrency,
         grace=args.grace,
         keepalive=args.keepalive,

@@ -98,6 +98,10 @@ class DnsDiscovery:
                         if previous is not None:
                             yield DiscoveryEvent("worker-dropped", known.pop(address))
                         continue
+                    if previous is not None and previous.id != worker.id:
+                        # Another worker now answers at this address (a restarted pod).
+                        yield DiscoveryEvent("worker-dropped", known.pop(address))
+                        previous = None
                     if previous != worker:
                         known[address] = worker
                         kind: EventKind = "worker-added" if previous is None else "worker-updated"

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -33,6 +34,21 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
 
 def _root() -> Path:
     return Path(tempfile.gettempdir()) / f"wool-{os.getuid()}"
+
+
+def _trusted(root: Path) -> bool:
+    """The directory is ours alone: on a shared temp dir another user could have made it
+    first and planted entries that send our calls, and their pickles, to their worker."""
+    try:
+        info = root.lstat()
+    except FileNotFoundError:
+        return True
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        log.error(
+            "ignoring %s: it must be a directory owned by uid %d with mode 0700", root, os.getuid()
+        )
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -121,6 +137,8 @@ class LocalDiscovery:
     def scan(self) -> list[WorkerMetadata]:
         """The live workers of the namespace now; removes entries of dead processes."""
         workers: list[WorkerMetadata] = []
+        if not _trusted(self.path.parent):
+            return workers
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
@@ -161,7 +179,13 @@ class _Publisher:
         if kind == "worker-dropped":
             self._withdraw(worker.id)
             return
-        self._path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._path.parent.mkdir(exist_ok=True, mode=0o700)
+        if not _trusted(self._path.parent):
+            raise PermissionError(
+                f"{self._path.parent} is not a private directory of this user; "
+                "set TMPDIR to a directory only you can write"
+            )
+        self._path.mkdir(exist_ok=True, mode=0o700)
         staging = entry.with_suffix(f".{os.getpid()}.tmp")
         staging.write_bytes(_encode(worker))
         os.replace(staging, entry)

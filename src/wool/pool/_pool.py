@@ -66,8 +66,9 @@ class WorkerPool:
         loadbalancer: picks the worker for each call; round robin by default.
         log_level: logging level of the worker processes.
 
-    Exiting the block stops every worker (SIGTERM, then SIGKILL after ``grace``), also
-    when the block raised or was cancelled; nothing is left running.
+    Exiting the block stops every worker the pool spawned (SIGTERM, then SIGKILL after
+    ``grace``), also when the block raised or was cancelled; nothing it started is left
+    running. Discovered workers are not the pool's to stop.
     """
 
     def __init__(
