@@ -177,3 +177,21 @@ async def tree(depth: int, marker_dir: str) -> None:
 @wool.routine
 async def read_text(path: str) -> str:
     return Path(path).read_text()
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+
+@wool.routine
+async def fail_unprintably() -> None:
+    raise UnprintableError()
+
+
+@wool.routine
+async def wait_then_nest(marker: str, seconds: float) -> int:
+    """Mark, sleep, then make a nested call: the worker may be draining by then."""
+    Path(marker).write_text("started")
+    await anyio.sleep(seconds)
+    return await add(40, 2)

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from .test_examples import ROOT, run_script
 
 BENCH_TIMEOUT = 180.0
+SAME_RUN_TARGETS = {
+    "asyncio_latency_speedup_min": 2.8,
+    "asyncio_throughput_speedup_min": 3.0,
+    "trio_latency_speedup_min": 1.87,
+    "trio_throughput_speedup_min": 2.0,
+}
+
+
+def _bench_module() -> ModuleType:
+    """benchmarks/run.py, imported under a private name (it is a script, not a package)."""
+    name = "_wool_bench_run"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _positive_numbers(section: dict[str, object], name: str) -> None:
@@ -122,3 +144,48 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
     relative_met = report["targets_relative_met"]
     assert set(relative_met) == {"asyncio_latency_median", "trio_latency_median"}
     assert all(isinstance(v, bool) for v in relative_met.values()), relative_met
+
+    # The original wool is not measured by --quick (it would need a network install), but the
+    # same-run targets are still printed.
+    assert report["original"] is None
+    assert report["original_unavailable"] == "skipped (--quick)"
+    assert report["speedup"] is None
+    assert report["targets_same_run"] == SAME_RUN_TARGETS
+    assert report["targets_same_run_met"] is None
+
+
+def test_same_run_speedups_and_targets() -> None:
+    bench = _bench_module()
+    targets = bench._targets_same_run()
+    assert targets == SAME_RUN_TARGETS
+    original = {"latency_median_ms": 8.0, "throughput_calls_per_s": 400.0}
+    asyncio_figures = {"latency_median_ms": 2.0, "throughput_calls_per_s": 1300.0}
+    trio_figures = {"latency_median_ms": 4.0, "throughput_calls_per_s": 700.0}
+    speedup = bench._speedup(original, asyncio_figures, trio_figures)
+    # Higher is better for both: original / wool for latency, wool / original for throughput.
+    assert speedup == {
+        "asyncio_latency": 4.0,
+        "asyncio_throughput": 3.25,
+        "trio_latency": 2.0,
+        "trio_throughput": 1.75,
+    }
+    assert bench._targets_same_run_met(targets, speedup) == {
+        "asyncio_latency": True,
+        "asyncio_throughput": True,
+        "trio_latency": True,
+        "trio_throughput": False,
+    }
+    assert bench._speedup(None, asyncio_figures, trio_figures) is None
+    assert bench._targets_same_run_met(targets, None) is None
+
+
+def test_original_script_refuses_this_wool(tmp_path: Path) -> None:
+    """benchmarks/original.py measures wool 0.15.7 only, never this repository's wool."""
+    work = tmp_path / "work"
+    try:
+        finished = run_script([str(ROOT / "benchmarks" / "original.py")], work, 60.0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert finished.returncode != 0, finished.describe()
+    assert "not the original 0.15.7" in finished.stderr, finished.describe()
+    assert finished.stdout == "", finished.describe()

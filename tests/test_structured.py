@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import wool
@@ -21,16 +22,19 @@ from wool.transport import PROTOCOL_VERSION, RejectedReason, Request, Task, asyn
 from wool.worker._service import WorkerService
 
 from .routines import (
+    UnprintableError,
     add,
     cancel_with_shielded_cleanup,
     cancels_itself,
     die,
+    fail_unprintably,
     fan_out,
     fib,
     nested_remaining_time,
     remaining_time,
     sleep_then_mark,
     tree,
+    wait_then_nest,
 )
 
 pytestmark = pytest.mark.anyio
@@ -341,3 +345,61 @@ def test_ctrl_c_ends_the_program_cleanly(tmp_path: Path, backend: str) -> None:
         for pid in pids:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_draining_worker_takes_nested_calls_of_its_routines(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with wool.WorkerPool(size=1, grace=10) as pool:
+        pid = pool.workers[0].pid
+
+        async def stop_when_started() -> None:
+            await wait_for_file(marker, "started")
+            os.kill(pid, signal.SIGTERM)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_when_started)
+            with anyio.fail_after(8):
+                assert await wait_then_nest(str(marker), 1.0) == 42
+
+
+async def test_an_unprintable_exception_comes_back_and_the_worker_stays() -> None:
+    async with wool.WorkerPool(size=1) as pool:
+        before = [w.id for w in pool.workers]
+        with pytest.raises(UnprintableError):
+            await fail_unprintably()
+        assert [w.id for w in pool.workers] == before
+        assert await add(1, 2) == 3
+
+
+async def test_a_task_that_outlives_its_pool_gets_no_pool_error() -> None:
+    closed = anyio.Event()
+    outcome: list[BaseException] = []
+
+    async def late_call() -> None:
+        await closed.wait()
+        try:
+            await add(1, 1)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        async with wool.WorkerPool(size=1):
+            tg.start_soon(late_call)
+            await anyio.lowlevel.checkpoint()
+        closed.set()
+    assert len(outcome) == 1 and isinstance(outcome[0], wool.NoPoolError)
+    assert "closed" in str(outcome[0])
+
+
+async def test_a_hung_spawned_worker_is_killed_and_replaced() -> None:
+    async with wool.WorkerPool(size=1, keepalive=0.2) as pool:
+        (hung,) = pool.workers
+        os.kill(hung.pid, signal.SIGSTOP)
+        with pytest.raises(wool.WorkerLost):
+            with anyio.fail_after(10):
+                await add(1, 1)
+        with anyio.fail_after(30):
+            while [w.id for w in pool.workers] in ([], [hung.id]):
+                await anyio.sleep(0.1)
+        assert gone(hung.pid)
+        assert await add(2, 2) == 4

@@ -25,8 +25,10 @@ from wool.discovery import (
     DiscoveryLike,
     DiscoveryPublisherLike,
     DnsDiscovery,
+    EventKind,
     LanDiscovery,
     LocalDiscovery,
+    WorkerFilter,
     WorkerMetadata,
 )
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
@@ -38,6 +40,7 @@ __all__ = [
     "DiscoveryLike",
     "DiscoveryPublisherLike",
     "DnsDiscovery",
+    "EventKind",
     "LanDiscovery",
     "LoadBalancerLike",
     "LocalDiscovery",
@@ -49,6 +52,7 @@ __all__ = [
     "SerializationError",
     "TaskException",
     "WoolError",
+    "WorkerFilter",
     "WorkerLost",
     "WorkerMetadata",
     "WorkerPool",

@@ -113,14 +113,21 @@ def _explain_call_failure(
 
 def dumps_exception(exc: BaseException) -> tuple[bytes, str, str, str]:
     """Pickle an exception for the wire: (pickle or b"", type name, message, traceback text)."""
-    text = "".join(traceback.format_exception(exc))
+    text = _safely(lambda: "".join(traceback.format_exception(exc)))
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
         data = dumps(exc)
         pickle.loads(data)  # a pickle that will not load on the caller is no better than none
     except Exception:
         data = b""
-    return data, type_name, str(exc), text
+    return data, type_name, _safely(lambda: str(exc)), text
+
+
+def _safely(describe: Callable[[], str]) -> str:
+    try:
+        return describe()
+    except Exception as exc:  # an exception whose __str__ raises must still be reported
+        return f"<unprintable: {type(exc).__name__}: {exc!r}>"
 
 
 def loads_exception(data: bytes, type_name: str, message: str, text: str) -> BaseException:

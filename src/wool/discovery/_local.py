@@ -185,10 +185,18 @@ class _Publisher:
                 f"{self._path.parent} is not a private directory of this user; "
                 "set TMPDIR to a directory only you can write"
             )
-        self._path.mkdir(exist_ok=True, mode=0o700)
         staging = entry.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_bytes(_encode(worker))
-        os.replace(staging, entry)
+        for attempt in range(3):
+            # Whoever leaves last prunes empty directories: it may race with this publish.
+            try:
+                self._path.parent.mkdir(exist_ok=True, mode=0o700)
+                self._path.mkdir(exist_ok=True, mode=0o700)
+                staging.write_bytes(_encode(worker))
+                os.replace(staging, entry)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         self._published.add(worker.id)
 
     def _withdraw(self, worker_id: str) -> None:

@@ -165,6 +165,8 @@ class WorkerPool:
                 assert process.metadata is not None
                 self._proxy.add(process.metadata)
                 self._proxy_scope.start_soon(self._supervise, process)
+            if self._processes:
+                self._proxy_scope.start_soon(self._kill_wedged)
             if self.discovery is not None:
                 await self._wait_for_a_worker(self._proxy)
         except BaseException:
@@ -229,6 +231,22 @@ class WorkerPool:
                 first.add_note(f"{len(errors) - 1} other worker(s) of the pool failed too")
             raise first
 
+    async def _kill_wedged(self) -> None:
+        """Kill spawned workers that stay unreachable (hung, stopped): supervision replaces
+        them. Discovered workers are not the pool's to kill."""
+        patience = max(10.0, 3 * (self.keepalive or 0))
+        while True:
+            await anyio.sleep(1)
+            assert self._proxy is not None
+            for process in list(self._processes):
+                if self._proxy.suspended_for(process.config.id) > patience:
+                    log.error(
+                        "worker %s has not answered for %g s; killing it",
+                        process.config.id,
+                        patience,
+                    )
+                    process.kill()
+
     async def _supervise(self, process: WorkerProcess) -> None:
         """Wait for a worker to die; then drop it and start a replacement."""
         status = await process.wait()
@@ -247,7 +265,7 @@ class WorkerPool:
             replacement = self._new_process()
             try:
                 metadata = await replacement.start(self.start_timeout)
-            except WorkerStartError as exc:
+            except Exception as exc:
                 self._processes.remove(replacement)
                 await replacement.stop(0)
                 log.error("replacement worker failed to start (retrying in %g s): %s", delay, exc)
@@ -264,10 +282,12 @@ class WorkerPool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            dispatcher_var.reset(self._token)
-            self._token = None
-        await self._close()
+        try:
+            if self._token is not None:
+                token, self._token = self._token, None
+                dispatcher_var.reset(token)
+        finally:
+            await self._close()
 
     async def _close(self) -> None:
         try:

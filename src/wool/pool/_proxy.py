@@ -70,7 +70,8 @@ class WorkerProxy:
         self._closing: list[Client] = []
         self._closed = False
         self._known: dict[str, WorkerMetadata] = {}
-        self._suspects: set[str] = set()
+        self._suspects: dict[str, float] = {}  # worker id: when it was suspended
+        self._pinned: set[str] = set()
         self._changed = anyio.Event()
         self._ids = map(f"{uuid.uuid4().hex[:12]}-{{}}".format, itertools.count())
         self.description = description
@@ -87,15 +88,21 @@ class WorkerProxy:
         if known is not None and known.address != worker.address:
             self._forget_client(worker.id)
         self._known[worker.id] = worker
-        self._suspects.discard(worker.id)
+        self._suspects.pop(worker.id, None)
         self._balancer.add(worker)
         log.debug("worker %s at %s joined %s", worker.id, worker.address, self.description)
         self._notify()
 
+    def pin(self, worker: WorkerMetadata) -> None:
+        """Keep ``worker`` whatever discovery says: a worker is always there for the nested
+        calls of its own routines, also while it drains after withdrawing itself."""
+        self._pinned.add(worker.id)
+        self.add(worker)
+
     def remove(self, worker_id: str) -> None:
-        if self._known.pop(worker_id, None) is None:
+        if worker_id in self._pinned or self._known.pop(worker_id, None) is None:
             return
-        self._suspects.discard(worker_id)
+        self._suspects.pop(worker_id, None)
         self._balancer.remove(worker_id)
         self._forget_client(worker_id)
         log.info("worker %s left %s", worker_id, self.description)
@@ -104,9 +111,14 @@ class WorkerProxy:
     def _suspend(self, worker: WorkerMetadata, reason: str) -> None:
         if worker.id in self._known and worker.id not in self._suspects:
             log.warning("worker %s at %s suspended: %s", worker.id, worker.address, reason)
-            self._suspects.add(worker.id)
+            self._suspects[worker.id] = anyio.current_time()
             self._balancer.remove(worker.id)
             self._notify()
+
+    def suspended_for(self, worker_id: str) -> float:
+        """Seconds the worker has been out of rotation for failing calls (0 if it is not)."""
+        since = self._suspects.get(worker_id)
+        return 0.0 if since is None else anyio.current_time() - since
 
     async def changed(self) -> None:
         """Wait until the set of workers in rotation changes."""
@@ -121,13 +133,17 @@ class WorkerProxy:
         if client is not None:
             self._closing.append(client)
 
-    async def _choose(self) -> WorkerMetadata:
+    async def _choose(self, routine: str) -> WorkerMetadata:
+        if self._closed:
+            raise NoPoolError(routine, closed=True)
         worker = self._balancer.choose()
         if worker is not None:
             return worker
         with anyio.move_on_after(self._wait_for_workers):
             while (worker := self._balancer.choose()) is None:
                 await self._changed.wait()
+                if self._closed:
+                    raise NoPoolError(routine, closed=True)
             return worker
         raise NoWorkersAvailable(
             f"{self.description} has no workers (waited {self._wait_for_workers:g} s); "
@@ -151,12 +167,14 @@ class WorkerProxy:
                 if worker is None:
                     continue
                 try:
-                    await self._portal.run(self._client(worker).info, 1.0)
+                    info = await self._portal.run(self._client(worker).info, 1.0)
                 except ConnectionLost:
                     continue
+                if info.stopping:
+                    continue  # draining: it will leave
                 if worker_id in self._suspects:
                     log.info("worker %s answers again; back in rotation", worker_id)
-                    self._suspects.discard(worker_id)
+                    del self._suspects[worker_id]
                     self._balancer.add(worker)
                     self._notify()
 
@@ -198,7 +216,7 @@ class WorkerProxy:
             )
         )
         while True:
-            worker = await self._choose()
+            worker = await self._choose(routine)
             client = self._client(worker)
             try:
                 response = await self._portal.run(client.call, request)
@@ -220,17 +238,27 @@ class WorkerProxy:
             if isinstance(body, Rejected) and body.reason == RejectedReason.STOPPING:
                 self._suspend(worker, "it is stopping")
                 continue  # never started: another worker may take it
+            if isinstance(body, Rejected) and body.reason == RejectedReason.VERSION:
+                log.error("worker %s speaks another protocol: %s", worker.id, body.detail)
+                self.remove(worker.id)  # until discovery reports it anew
+                continue
             return await _outcome(kind, body, routine, worker)
 
     async def _cancel_remote(self, client: Client, call_id: str, grace: float) -> None:
         # The stream was reset already, which cancels the routine; this waits until the
         # worker says the routine has finished unwinding, up to the grace period.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
-            with contextlib.suppress(ConnectionLost):
-                await self._portal.run(client.cancel, call_id, grace)
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                with contextlib.suppress(ConnectionLost):
+                    await self._portal.run(client.cancel, call_id, grace)
+        finally:
+            client.forget(call_id)
 
     async def aclose(self) -> None:
         self._closed = True
+        for worker_id in list(self._known):
+            self._balancer.remove(worker_id)
+        self._notify()  # callers waiting for a worker learn that the pool closed
         for worker_id in list(self._clients):
             self._forget_client(worker_id)
         await self._close_forgotten(wait=True)
@@ -338,14 +366,20 @@ class open_proxy:
 async def _follow(
     discovery: DiscoveryLike, filter: WorkerFilter | None, proxy: WorkerProxy
 ) -> None:
-    try:
-        async with discovery.subscriber(filter) as events:
-            async for event in events:
-                if event.kind == "worker-dropped":
-                    proxy.remove(event.worker.id)
-                else:
-                    proxy.add(event.worker)
-    except anyio.get_cancelled_exc_class():
-        raise
-    except Exception:
-        log.exception("discovery %r failed; the pool no longer learns of new workers", discovery)
+    """Apply discovery's events to the proxy; if the discovery fails, subscribe again."""
+    delay = 0.1
+    while True:
+        try:
+            async with discovery.subscriber(filter) as events:
+                async for event in events:
+                    delay = 0.1
+                    if event.kind == "worker-dropped":
+                        proxy.remove(event.worker.id)
+                    else:
+                        proxy.add(event.worker)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:
+            log.exception("discovery %r failed; subscribing again in %g s", discovery, delay)
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 10.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import sys
 from collections.abc import Callable, Coroutine
 from types import MethodType
@@ -47,8 +48,8 @@ class Routine(Generic[P, T]):
             )
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@wool.routine needs an `async def` function, got {fn!r}")
-        if grace is not None and grace < 0:
-            raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+        if grace is not None and not (math.isfinite(grace) and grace >= 0):
+            raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
         functools.update_wrapper(self, fn)
         self._name: str = fn.__qualname__
         self._fn = fn

@@ -166,6 +166,9 @@ class _ThreadPortal:
         self._closed = False
 
     async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        if self._closed:
+            # Its loop may be stopped already: the operation would never run.
+            raise ConnectionLost("the transport of this pool is closed")
         loop = self.loop
         token = trio.lowlevel.current_trio_token()
         waiter = trio.lowlevel.current_task()

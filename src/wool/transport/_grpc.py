@@ -18,11 +18,13 @@ import grpclib.const
 import grpclib.server
 from grpclib.config import Configuration
 from grpclib.encoding.base import CodecBase
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import ProtocolError as H2ProtocolError
 from grpclib.protocol import H2Protocol
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
+from wool._errors import ProtocolError
 from wool.transport._bridge import ConnectionLost, Unreachable
 from wool.transport._protocol.wool.v1 import (
     CancelRequest,
@@ -48,7 +50,7 @@ _STOP = "/wool.v1.Worker/Stop"
 # stream limit deadlocks deep fan-outs. Workers accept as many streams as memory allows.
 _MAX_CONCURRENT_STREAMS = 2**31 - 1
 
-_TRANSPORT_ERRORS = (StreamTerminatedError, ProtocolError, H2Error, ConnectionError, OSError)
+_TRANSPORT_ERRORS = (StreamTerminatedError, H2ProtocolError, H2Error, ConnectionError, OSError)
 
 
 class _CoalescingTransport(asyncio.Transport):
@@ -156,8 +158,11 @@ class Client:
         # Connections of calls cancelled while in flight: their Cancel request must travel
         # behind the stream's reset on the same connection, or it could overtake it.
         self._cancelled_on: dict[str, _Connection] = {}
+        self._closed = False
 
     def _connection(self) -> _Connection:
+        if self._closed:
+            raise ConnectionLost(f"the client of worker {self.address} is closed")
         for connection in self._connections:
             if connection.streams < _STREAMS_PER_CONNECTION:
                 return connection
@@ -180,11 +185,12 @@ class Client:
         Cancelling this coroutine resets the stream, which cancels the routine on the worker.
         """
         connection = self._connection()
+        connection.streams += 1  # before any await: concurrent calls must see it
         try:
             await connection.channel.__connect__()
         except OSError as exc:
+            connection.streams -= 1
             raise Unreachable(f"cannot connect to worker {self.address}: {exc}") from exc
-        connection.streams += 1
         stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
         )
@@ -195,7 +201,9 @@ class Client:
         except _TRANSPORT_ERRORS as exc:
             raise ConnectionLost(f"connection to worker {self.address} lost: {exc}") from exc
         except GRPCError as exc:
-            raise ConnectionLost(f"worker {self.address} failed the call: {exc.message}") from exc
+            raise ProtocolError(
+                f"worker {self.address} failed the call without an answer: {exc.message}"
+            ) from exc
         except asyncio.CancelledError:
             if request.task is not None:
                 self._cancelled_on[request.task.id] = connection
@@ -205,6 +213,10 @@ class Client:
         if response is None:
             raise ConnectionLost(f"worker {self.address} closed the call without an answer")
         return response
+
+    def forget(self, call_id: str) -> None:
+        """Drop what was kept to cancel ``call_id`` (its Cancel request will not be sent)."""
+        self._cancelled_on.pop(call_id, None)
 
     async def cancel(self, call_id: str, timeout: float) -> bool:
         """Cancel a call; returns once the worker says its routine finished unwinding."""
@@ -228,8 +240,9 @@ class Client:
         timeout: float,
         connection: _Connection | None = None,
     ) -> Any:
-        channel = (connection or self._connection()).channel
-        stream = channel.request(
+        connection = connection or self._connection()
+        connection.streams += 1
+        stream = connection.channel.request(
             path, grpclib.const.Cardinality.UNARY_UNARY, type(request), reply, timeout=timeout
         )
         try:
@@ -238,11 +251,14 @@ class Client:
                 response = await stream.recv_message()
         except (*_TRANSPORT_ERRORS, GRPCError, TimeoutError) as exc:
             raise ConnectionLost(f"worker {self.address} did not answer: {exc}") from exc
+        finally:
+            connection.streams -= 1
         if response is None:
             raise ConnectionLost(f"worker {self.address} closed the request without an answer")
         return response
 
     async def close(self) -> None:
+        self._closed = True
         for connection in self._connections:
             connection.channel.close()
         self._connections.clear()
@@ -344,12 +360,6 @@ class Server:
         await self._server.start(sock=sock)
         self.port = sock.getsockname()[1]
         return self.port
-
-    def stop_accepting(self) -> None:
-        """Refuse new connections; calls on open connections go on."""
-        listener = self._server._server
-        if listener is not None:
-            listener.close()
 
     async def close(self) -> None:
         """Cancel what still runs and close every connection."""

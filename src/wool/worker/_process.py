@@ -41,7 +41,27 @@ class WorkerProcess:
         return None if self._process is None else self._process.pid
 
     async def start(self, timeout: float) -> WorkerMetadata:
-        """Start the worker and wait, up to ``timeout`` seconds, until it serves."""
+        """Start the worker and wait, up to ``timeout`` seconds, until it serves.
+
+        Any failure, the system's (no file descriptors, no memory) or the worker's, is a
+        WorkerStartError.
+        """
+        try:
+            with anyio.fail_after(timeout):
+                return await self._start(timeout)
+        except WorkerStartError:
+            raise
+        except TimeoutError:
+            raise WorkerStartError(
+                f"worker {self.config.id} did not start within {timeout:g} s; "
+                "raise the pool's start_timeout if workers are slow to import"
+            ) from None
+        except (OSError, ValueError, anyio.BrokenResourceError) as exc:
+            raise WorkerStartError(
+                f"worker {self.config.id} could not be started: {exc!r}"
+            ) from exc
+
+    async def _start(self, timeout: float) -> WorkerMetadata:
         read_fd, write_fd = os.pipe()
         try:
             env = dict(os.environ)

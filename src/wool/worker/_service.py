@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import anyio
 
+from wool._errors import WoolError
 from wool.discovery import WorkerMetadata
 from wool.transport import (
     PROTOCOL_VERSION,
@@ -21,7 +22,7 @@ from wool.transport import (
     Task,
     WorkerInfo,
 )
-from wool.worker._execute import CANCELLED, execute
+from wool.worker._execute import CANCELLED, execute, failure
 
 __all__ = ["WorkerService"]
 
@@ -55,6 +56,13 @@ class WorkerService:
         self.metadata: WorkerMetadata | None = None
 
     async def dispatch(self, request: Request) -> Response:
+        try:
+            return await self._dispatch(request)
+        except Exception as exc:  # a worker bug must still reach the caller as an answer
+            log.exception("call failed inside the worker")
+            return failure(WoolError(f"the worker failed the call: {exc!r}"))
+
+    async def _dispatch(self, request: Request) -> Response:
         task = request.task
         if task is None:
             return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
@@ -64,7 +72,9 @@ class WorkerService:
                 f"protocol version {task.version} is not spoken here (this worker speaks "
                 f"{PROTOCOL_VERSION}); run the same wool version on callers and workers",
             )
-        if self._stopping:
+        if self._stopping and task.depth == 0:
+            # Nested calls of the calls still draining here are taken: refusing them
+            # would keep their parents from finishing within the grace.
             return _rejected(RejectedReason.STOPPING, "the worker is stopping")
         if task.timeout is not None and task.timeout <= 0:
             return _rejected(
@@ -115,6 +125,7 @@ class WorkerService:
             backend=metadata.backend,
             running=len(self._running),
             secure=metadata.secure,
+            stopping=self._stopping,
         )
 
     async def stop(self, grace: float) -> None:

@@ -86,6 +86,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
                 ) as proxy,
             ):
                 set_process_dispatcher(proxy)
+                proxy.pin(metadata)
                 await publisher.publish("worker-added", metadata)
                 log.info(
                     "worker %s serving at %s (%s, pid %d)",
@@ -102,7 +103,9 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
                         grace[0] = min(grace[0], _ORPHAN_GRACE)
                     break
                 await publisher.publish("worker-dropped", metadata)
-                await portal.run(_drain, server, service, grace[0])
+                # The listener stays open while draining: running calls may still make
+                # nested calls, to this worker too; the service refuses new root calls.
+                await portal.run(service.drain, grace[0])
                 set_process_dispatcher(None)
     finally:
         with anyio.CancelScope(shield=True):
@@ -112,8 +115,3 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
 
 async def _new_server(service: WorkerService, keepalive: float | None) -> Server:
     return Server(service, keepalive=keepalive)
-
-
-async def _drain(server: Server, service: WorkerService, grace: float) -> None:
-    server.stop_accepting()
-    await service.drain(grace)

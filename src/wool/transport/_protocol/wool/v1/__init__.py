@@ -377,5 +377,10 @@ class WorkerInfo(betterproto2.Message):
 
     secure: "bool" = betterproto2.field(10, betterproto2.TYPE_BOOL)
 
+    stopping: "bool" = betterproto2.field(11, betterproto2.TYPE_BOOL)
+    """
+    The worker is draining: it finishes its calls and takes no new root calls.
+    """
+
 
 default_message_pool.register_message("wool.v1", "WorkerInfo", WorkerInfo)
