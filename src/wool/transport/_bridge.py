@@ -22,7 +22,7 @@ import contextvars
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 import outcome
@@ -32,6 +32,7 @@ import trio
 from wool._errors import WoolError
 
 __all__ = [
+    "CoalescingTransport",
     "ConnectionLost",
     "Execution",
     "Executor",
@@ -365,3 +366,45 @@ def asyncio_executor() -> Executor:
 def trio_executor(spawn: Callable[..., None]) -> Executor:
     """Runs routines in the calling trio thread; ``spawn`` is a nursery's ``start_soon``."""
     return _TrioExecutor(trio.lowlevel.current_trio_token(), spawn)
+
+
+class CoalescingTransport(asyncio.Transport):
+    """Sends what grpclib writes during one loop iteration in a single system call.
+
+    grpclib writes every HTTP/2 frame as soon as it is built: a call's headers, message
+    and trailers cost three sends, and on a busy host each send is the most expensive
+    thing a call does.
+    """
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        super().__init__()
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)

@@ -6,13 +6,13 @@ coroutine here runs on grpclib's asyncio loop; hosts reach them through a Portal
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
+import anyio
 import grpclib.client
 import grpclib.const
 import grpclib.server
@@ -25,7 +25,7 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
 from wool._errors import ProtocolError
-from wool.transport._bridge import ConnectionLost, Unreachable
+from wool.transport._bridge import CoalescingTransport, ConnectionLost, Unreachable
 from wool.transport._protocol.wool.v1 import (
     CancelRequest,
     CancelResponse,
@@ -53,54 +53,12 @@ _MAX_CONCURRENT_STREAMS = 2**31 - 1
 _TRANSPORT_ERRORS = (StreamTerminatedError, H2ProtocolError, H2Error, ConnectionError, OSError)
 
 
-class _CoalescingTransport(asyncio.Transport):
-    """Sends what grpclib writes during one loop iteration in a single system call.
-
-    grpclib writes every HTTP/2 frame as soon as it is built: a call's headers, message
-    and trailers cost three sends, and on a busy host each send is the most expensive
-    thing a call does.
-    """
-
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
-        super().__init__()
-        # uvloop's transports quack like asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
-        self._loop = asyncio.get_running_loop()
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data))
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-
 class _Channel(grpclib.client.Channel):
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
         connection_made = protocol.connection_made
         protocol.connection_made = lambda transport: connection_made(  # type: ignore[method-assign]
-            _CoalescingTransport(transport)
+            CoalescingTransport(transport)
         )
         return protocol
 
@@ -204,7 +162,7 @@ class Client:
             raise ProtocolError(
                 f"worker {self.address} failed the call without an answer: {exc.message}"
             ) from exc
-        except asyncio.CancelledError:
+        except anyio.get_cancelled_exc_class():
             if request.task is not None:
                 self._cancelled_on[request.task.id] = connection
             raise
@@ -330,7 +288,7 @@ class _GrpcServer(grpclib.server.Server):
         connection_made = protocol.connection_made
 
         def setup(transport: Any) -> None:
-            connection_made(_CoalescingTransport(transport))
+            connection_made(CoalescingTransport(transport))
             protocol.connection._connection.update_settings(
                 {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS}
             )
