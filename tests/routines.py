@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio
@@ -195,3 +196,39 @@ async def wait_then_nest(marker: str, seconds: float) -> int:
     Path(marker).write_text("started")
     await anyio.sleep(seconds)
     return await add(40, 2)
+
+
+@wool.routine
+async def conversation(n: int, marker: str) -> AsyncGenerator[object, object]:
+    """Yields, takes sends and throws, and marks its finally."""
+    try:
+        for i in range(n):
+            try:
+                received = yield i
+            except ValueError as exc:
+                received = yield f"caught {exc}"
+            if received == "stop":
+                return
+            if received == "explode":
+                raise KeyError("exploded")
+            if received is not None:
+                yield f"got {received}"
+    finally:
+        with open(marker, "a") as f:
+            f.write("finally;")
+
+
+class Talker:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @wool.routine
+    async def talk(self, n: int, marker: str) -> AsyncGenerator[object, object]:
+        try:
+            for i in range(n):
+                received = yield f"{self.prefix}{i}"
+                if received is not None:
+                    yield f"{self.prefix} got {received}"
+        finally:
+            with open(marker, "a") as f:
+                f.write("finally;")

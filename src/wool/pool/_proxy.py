@@ -7,7 +7,8 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import anyio
@@ -20,18 +21,21 @@ from wool._errors import (
     SerializationError,
     WorkerLost,
 )
-from wool._serialization import loads, loads_exception
+from wool._serialization import dumps, loads, loads_exception
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.routine import call_depth
 from wool.transport import (
     PROTOCOL_VERSION,
+    CallStream,
     Client,
     ConnectionLost,
     Portal,
     Rejected,
     RejectedReason,
     Request,
+    Step,
+    StepKind,
     Task,
     Unreachable,
 )
@@ -109,6 +113,8 @@ class WorkerProxy:
         self._notify()
 
     def _suspend(self, worker: WorkerMetadata, reason: str) -> None:
+        if self._closed:
+            return
         if worker.id in self._known and worker.id not in self._suspects:
             log.warning("worker %s at %s suspended: %s", worker.id, worker.address, reason)
             self._suspects[worker.id] = anyio.current_time()
@@ -244,6 +250,60 @@ class WorkerProxy:
                 continue
             return await _outcome(kind, body, routine, worker)
 
+    @asynccontextmanager
+    async def generator(
+        self,
+        routine: str,
+        function: bytes,
+        arguments: bytes,
+        *,
+        grace: float | None,
+        timeout: float | None,
+    ) -> AsyncGenerator[RemoteGenerator, None]:
+        """Open a generator call on a worker; its steps are taken through the yielded object."""
+        grace = self._grace if grace is None else grace
+        call_id = next(self._ids)
+        request = Request(
+            task=Task(
+                version=PROTOCOL_VERSION,
+                id=call_id,
+                routine=routine,
+                function=function,
+                arguments=arguments,
+                timeout=timeout,
+                grace=grace,
+                caller=_CALLER,
+                depth=call_depth.get() + 1,
+                generator=True,
+            )
+        )
+        while True:
+            worker = await self._choose(routine)
+            client = self._client(worker)
+            try:
+                call = await self._portal.run(client.open, request)
+            except Unreachable as exc:
+                self._suspend(worker, str(exc))
+                continue  # never sent: another worker may take it
+            except ConnectionLost as exc:
+                self._suspend(worker, str(exc))
+                raise WorkerLost(
+                    f"worker {worker.id} at {worker.address} was lost while starting "
+                    f"{routine!r}: {exc}",
+                    worker=worker.id,
+                    routine=routine,
+                ) from None
+            break
+        try:
+            yield RemoteGenerator(self, call, routine, worker)
+        except anyio.get_cancelled_exc_class():
+            await self._cancel_remote(client, call_id, grace)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                with contextlib.suppress(ConnectionLost):
+                    await self._portal.run(call.close)
+
     async def _cancel_remote(self, client: Client, call_id: str, grace: float) -> None:
         # The stream was reset already, which cancels the routine; this waits until the
         # worker says the routine has finished unwinding, up to the grace period.
@@ -310,6 +370,53 @@ def _raise_remote(exc: BaseException) -> NoReturn:
 
 class _Deadline:
     deadline = True
+
+
+class RemoteGenerator:
+    """The caller's handle on an async generator running on a worker."""
+
+    def __init__(
+        self, proxy: WorkerProxy, call: CallStream, routine: str, worker: WorkerMetadata
+    ) -> None:
+        self._proxy = proxy
+        self._call = call
+        self._routine = routine
+        self._worker = worker
+
+    async def step(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]:
+        """Advance the remote generator: (True, None) once it is exhausted, else (False, item)."""
+        payload = b"" if kind in (StepKind.NEXT, StepKind.CLOSE) else _dumps_value(value)
+        try:
+            response = await self._proxy._portal.run(
+                self._call.exchange, Request(step=Step(kind=kind, value=payload))
+            )
+        except ConnectionLost as exc:
+            self._proxy._suspend(self._worker, str(exc))
+            raise WorkerLost(
+                f"worker {self._worker.id} at {self._worker.address} was lost while running "
+                f"{self._routine!r}: {exc}",
+                worker=self._worker.id,
+                routine=self._routine,
+            ) from None
+        kind_, body = betterproto2.which_one_of(response, "body")
+        if kind_ == "item":
+            return False, await _outcome("result", body, self._routine, self._worker)
+        if kind_ == "exhausted":
+            return True, None
+        return True, await _outcome(kind_, body, self._routine, self._worker)
+
+    async def close(self) -> None:
+        """Close the remote generator; returns once its ``finally`` blocks have run."""
+        await self.step(StepKind.CLOSE)
+
+
+def _dumps_value(value: Any) -> bytes:
+    try:
+        return dumps(value)
+    except Exception as exc:
+        raise SerializationError(
+            f"the value sent ({type(value).__name__}) cannot be pickled: {exc}"
+        ) from exc
 
 
 class open_proxy:

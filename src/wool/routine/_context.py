@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from typing import Any, Protocol
+
+from wool.transport import StepKind
 
 __all__ = [
     "Dispatcher",
@@ -26,6 +29,24 @@ class Dispatcher(Protocol):
         grace: float | None,
         timeout: float | None,
     ) -> Any: ...
+
+    def generator(
+        self,
+        routine: str,
+        function: bytes,
+        arguments: bytes,
+        *,
+        grace: float | None,
+        timeout: float | None,
+    ) -> AbstractAsyncContextManager[RemoteGeneratorLike]: ...
+
+
+class RemoteGeneratorLike(Protocol):
+    """An async generator running on a worker, stepped by the caller."""
+
+    async def step(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]: ...
+
+    async def close(self) -> None: ...
 
 
 #: The pool opened by the current task (``async with WorkerPool()``).

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 import math
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from types import MethodType
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import anyio
 
-from wool._errors import NoPoolError
+from wool._errors import NoPoolError, WorkerLost
 from wool._serialization import dumps_arguments, dumps_function
-from wool.routine._context import current_dispatcher
+from wool.routine._context import Dispatcher, current_dispatcher
+from wool.transport import StepKind
 
 __all__ = ["Routine", "routine"]
 
@@ -41,12 +43,8 @@ class Routine(Generic[P, T]):
             kind, fn = "classmethod", fn.__func__
         elif isinstance(fn, staticmethod):
             kind, fn = "staticmethod", fn.__func__
-        if inspect.isasyncgenfunction(fn):
-            raise TypeError(
-                f"{fn.__qualname__} is an async generator function; "
-                "generator routines are not supported yet; decorate a coroutine function"
-            )
-        if not inspect.iscoroutinefunction(fn):
+        self._generator = inspect.isasyncgenfunction(fn)
+        if not (self._generator or inspect.iscoroutinefunction(fn)):
             raise TypeError(f"@wool.routine needs an `async def` function, got {fn!r}")
         if grace is not None and not (math.isfinite(grace) and grace >= 0):
             raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
@@ -66,10 +64,14 @@ class Routine(Generic[P, T]):
             return self
         return MethodType(self, instance)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        if self._generator:
+            return self._stream(args, kwargs)
         return self._dispatch(args, kwargs)
 
-    async def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    def _prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Dispatcher, bytes, bytes, float | None]:
         dispatcher = current_dispatcher()
         if dispatcher is None:
             raise NoPoolError(self._name)
@@ -80,9 +82,39 @@ class Routine(Generic[P, T]):
         arguments = dumps_arguments(self._fn, args, kwargs)
         deadline = anyio.current_effective_deadline()
         timeout = None if deadline == float("inf") else deadline - anyio.current_time()
+        return dispatcher, self._pickled, arguments, timeout
+
+    async def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        dispatcher, function, arguments, timeout = self._prepare(args, kwargs)
         return await dispatcher.call(
-            self._name, self._pickled, arguments, grace=self._grace, timeout=timeout
+            self._name, function, arguments, grace=self._grace, timeout=timeout
         )
+
+    async def _stream(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncGenerator[Any, Any]:
+        # A real async generator standing in for the remote one, step for step: misuse,
+        # exhaustion and the event loop's finalization of a dropped generator behave as
+        # they would locally, and each of them reaches the worker.
+        dispatcher, function, arguments, timeout = self._prepare(args, kwargs)
+        async with dispatcher.generator(
+            self._name, function, arguments, grace=self._grace, timeout=timeout
+        ) as remote:
+            done, item = await remote.step(StepKind.NEXT)
+            while not done:
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    # A worker that is gone has closed the generator already (it closes
+                    # the generators of callers whose connection drops).
+                    with contextlib.suppress(WorkerLost):
+                        await remote.close()
+                    raise
+                except BaseException as exc:
+                    done, item = await remote.step(StepKind.THROW, exc)
+                    continue
+                kind = StepKind.NEXT if sent is None else StepKind.SEND
+                done, item = await remote.step(kind, sent)
 
     def run_here(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Run the function in this process (what a worker does with a call)."""
@@ -113,6 +145,10 @@ def _resolve(module: str, qualname: str) -> Any:
         if obj is None:
             return None
     return obj
+
+
+@overload
+def routine(fn: Callable[P, AsyncGenerator[T, Any]], /) -> Callable[P, AsyncGenerator[T, Any]]: ...
 
 
 @overload

@@ -20,25 +20,30 @@ from wool.transport._bridge import (
     portal_for_host,
     trio_executor,
 )
-from wool.transport._grpc import Client, Server, Service
+from wool.transport._grpc import CallStream, Client, Server, Service
 from wool.transport._protocol.wool.v1 import (
     Cancelled,
+    Exhausted,
     Failure,
     Rejected,
     RejectedReason,
     Request,
     Response,
+    Step,
+    StepKind,
     Task,
     WorkerInfo,
 )
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "CallStream",
     "Cancelled",
     "Client",
     "ConnectionLost",
     "Execution",
     "Executor",
+    "Exhausted",
     "Failure",
     "LoopThread",
     "Portal",
@@ -48,6 +53,8 @@ __all__ = [
     "Response",
     "Server",
     "Service",
+    "Step",
+    "StepKind",
     "Task",
     "Unreachable",
     "WorkerInfo",

@@ -37,7 +37,7 @@ from wool.transport._protocol.wool.v1 import (
     WorkerInfo,
 )
 
-__all__ = ["Client", "Server", "Service"]
+__all__ = ["CallStream", "Client", "Server", "Service"]
 
 log = logging.getLogger("wool.transport")
 
@@ -184,6 +184,27 @@ class Client:
         )
         return reply.cancelled
 
+    async def open(self, request: Request) -> CallStream:
+        """Start a generator call: send its Task, keep the stream open for Steps."""
+        connection = self._connection()
+        connection.streams += 1
+        try:
+            await connection.channel.__connect__()
+        except OSError as exc:
+            connection.streams -= 1
+            raise Unreachable(f"cannot connect to worker {self.address}: {exc}") from exc
+        stream = connection.channel.request(
+            _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
+        )
+        call = CallStream(self, connection, stream, request.task.id if request.task else "")
+        try:
+            await stream.__aenter__()
+            await stream.send_message(request)
+        except BaseException:
+            await call.close(reset=True)
+            raise
+        return call
+
     async def info(self, timeout: float) -> WorkerInfo:
         return await self._request(_INFO, InfoRequest(), WorkerInfo, timeout)
 
@@ -222,10 +243,73 @@ class Client:
         self._connections.clear()
 
 
+class CallStream:
+    """An open generator call: exchange Steps for Responses, then close it."""
+
+    def __init__(
+        self,
+        client: Client,
+        connection: _Connection,
+        stream: grpclib.client.Stream[Any, Any],
+        call_id: str,
+    ) -> None:
+        self._client = client
+        self._connection = connection
+        self._stream = stream
+        self._call_id = call_id
+        self._closed = False
+
+    async def exchange(self, request: Request) -> Response:
+        """Send one Step and receive its answer. Cancelling this resets the stream."""
+        try:
+            await self._stream.send_message(request)
+            response = await self._stream.recv_message()
+        except _TRANSPORT_ERRORS as exc:
+            raise ConnectionLost(
+                f"connection to worker {self._client.address} lost: {exc}"
+            ) from exc
+        except GRPCError as exc:
+            raise ProtocolError(
+                f"worker {self._client.address} failed the call: {exc.message}"
+            ) from exc
+        except anyio.get_cancelled_exc_class():
+            # The Cancel request that follows must travel behind the reset.
+            self._client._cancelled_on[self._call_id] = self._connection
+            await self.close(reset=True)
+            raise
+        if response is None:
+            raise ConnectionLost(f"worker {self._client.address} ended the call without an answer")
+        return response
+
+    async def close(self, *, reset: bool = False) -> None:
+        """End the call: half-close (the worker then finishes), or reset it (cancels it)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._connection.streams -= 1
+        with contextlib.suppress(*_TRANSPORT_ERRORS, GRPCError):
+            if reset:
+                await self._stream.cancel()
+            else:
+                await self._stream.end()
+                while await self._stream.recv_message() is not None:
+                    pass
+            await self._stream.__aexit__(None, None, None)
+
+
 class Service(Protocol):
     """What a worker does with requests; implemented by ``wool.worker``."""
 
     async def dispatch(self, request: Request) -> Response: ...
+
+    async def stream(
+        self,
+        request: Request,
+        receive: Callable[[], Awaitable[Request | None]],
+        send: Callable[[Response], Awaitable[None]],
+    ) -> None:
+        """A generator call: answer each Step received with one Response."""
+        ...
 
     async def cancel(self, call_id: str) -> bool: ...
 
@@ -243,6 +327,9 @@ class _Handlers:
     async def _dispatch(self, stream: grpclib.server.Stream[Request, Response]) -> None:
         request = await stream.recv_message()
         if request is None:
+            return
+        if request.task is not None and request.task.generator:
+            await self._service.stream(request, stream.recv_message, stream.send_message)
             return
         response = await self._service.dispatch(request)
         await stream.send_message(response)

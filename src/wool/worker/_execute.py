@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -12,9 +14,9 @@ import anyio
 from wool._errors import SerializationError
 from wool._serialization import dumps, dumps_exception, loads
 from wool.routine import Routine, call_depth
-from wool.transport import Cancelled, Failure, Response, Task
+from wool.transport import Cancelled, Exhausted, Failure, Response, Step, StepKind, Task
 
-__all__ = ["CANCELLED", "execute", "failure"]
+__all__ = ["CANCELLED", "GeneratorSession", "execute", "failure"]
 
 log = logging.getLogger("wool.worker")
 
@@ -86,6 +88,102 @@ def _result(task: Task, value: Any) -> Response:
         return failure(
             SerializationError(
                 f"the value returned by {task.routine!r} ({type(value).__name__}) "
+                f"cannot be pickled: {exc}"
+            )
+        )
+
+
+class GeneratorSession:
+    """One async generator routine on a worker, stepped by its caller's Steps.
+
+    Every step runs as an execution of its own on the worker's backend, under the deadline
+    the caller had when the call was made.
+    """
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+        self._agen: Any = None
+        self._deadline: float | None = None
+        self.finished = False
+
+    @property
+    def started(self) -> bool:
+        return self._agen is not None
+
+    async def step(self, step: Step, scope: anyio.CancelScope) -> Response:
+        task = self._task
+        if task.timeout is not None:
+            if self._deadline is None:
+                self._deadline = anyio.current_time() + task.timeout
+            scope.deadline = self._deadline
+        call_depth.set(task.depth)
+        response: Response | None = None
+        with scope:
+            try:
+                response = await self._step(step)
+            except anyio.get_cancelled_exc_class():
+                if scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
+                    raise
+                exc = sys.exc_info()[1]
+                assert exc is not None
+                response = failure(exc)  # raised by the generator itself
+        if response is None:
+            self.finished = True
+            deadline = scope.deadline <= anyio.current_time()
+            return Response(cancelled=Cancelled(deadline=deadline)) if deadline else CANCELLED
+        if response.item is None:
+            self.finished = True
+        return response
+
+    async def _step(self, step: Step) -> Response:
+        if self._agen is None:
+            if step.kind == StepKind.CLOSE:
+                return Response(exhausted=Exhausted())
+            try:
+                fn = _load_function(self._task.function)
+                args, kwargs = loads(self._task.arguments)
+            except BaseException as exc:
+                return failure(
+                    SerializationError(
+                        f"the call to {self._task.routine!r} cannot be unpickled on the "
+                        f"worker: {exc!r}"
+                    )
+                )
+            self._agen = (fn.run_here if isinstance(fn, Routine) else fn)(*args, **kwargs)
+        try:
+            if step.kind == StepKind.CLOSE:
+                await self._agen.aclose()
+                return Response(exhausted=Exhausted())
+            if step.kind == StepKind.THROW:
+                item = await self._agen.athrow(loads(step.value))
+            elif step.kind == StepKind.SEND:
+                item = await self._agen.asend(loads(step.value))
+            else:
+                item = await self._agen.__anext__()
+        except StopAsyncIteration:
+            return Response(exhausted=Exhausted())
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            return failure(exc)
+        return _item(self._task, item)
+
+    async def close(self, scope: anyio.CancelScope) -> Response:
+        """Close the generator (its ``finally`` blocks run); the caller is gone or done."""
+        self.finished = True
+        if self._agen is not None:
+            with scope, contextlib.suppress(Exception):
+                await self._agen.aclose()
+        return CANCELLED
+
+
+def _item(task: Task, value: Any) -> Response:
+    try:
+        return Response(item=dumps(value))
+    except Exception as exc:
+        return failure(
+            SerializationError(
+                f"a value yielded by {task.routine!r} ({type(value).__name__}) "
                 f"cannot be pickled: {exc}"
             )
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -19,10 +19,11 @@ from wool.transport import (
     RejectedReason,
     Request,
     Response,
+    Step,
     Task,
     WorkerInfo,
 )
-from wool.worker._execute import CANCELLED, execute, failure
+from wool.worker._execute import CANCELLED, GeneratorSession, execute, failure
 
 __all__ = ["WorkerService"]
 
@@ -66,6 +67,20 @@ class WorkerService:
         task = request.task
         if task is None:
             return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
+        refused = self._refusal(task)
+        if refused is not None:
+            return refused
+        if task.depth == 0 and self._concurrency is not None:
+            if self._slots is None:
+                self._slots = anyio.Semaphore(self._concurrency)
+            async with self._slots:
+                if self._stopping:  # the worker began to stop while the call waited
+                    return _rejected(RejectedReason.STOPPING, "the worker is stopping")
+                return await self._run(task)
+        return await self._run(task)
+
+    def _refusal(self, task: Task) -> Response | None:
+        """The answer for a task that must not start, or None."""
         if task.version != PROTOCOL_VERSION:
             return _rejected(
                 RejectedReason.VERSION,
@@ -82,17 +97,45 @@ class WorkerService:
             )
         if task.id in self._running:
             return _rejected(RejectedReason.MALFORMED, f"call id {task.id!r} is already running")
-        if task.depth == 0 and self._concurrency is not None:
-            if self._slots is None:
-                self._slots = anyio.Semaphore(self._concurrency)
-            async with self._slots:
-                if self._stopping:  # the worker began to stop while the call waited
-                    return _rejected(RejectedReason.STOPPING, "the worker is stopping")
-                return await self._run(task)
-        return await self._run(task)
+        return None
 
     async def _run(self, task: Task) -> Response:
-        execution = self._executor.start(functools.partial(execute, task), on_cancelled=CANCELLED)
+        return await self._execute(task, functools.partial(execute, task))
+
+    async def stream(
+        self,
+        request: Request,
+        receive: Callable[[], Awaitable[Request | None]],
+        send: Callable[[Response], Awaitable[None]],
+    ) -> None:
+        task = request.task
+        assert task is not None
+        first = self._refusal(task)
+        if first is not None:
+            await send(first)
+            return
+        session = GeneratorSession(task)
+        try:
+            while not session.finished:
+                message = await receive()
+                if message is None or message.step is None:
+                    break  # the caller half-closed: it is done with the generator
+                response = await self._run_step(task, session, message.step)
+                await send(response)
+        finally:
+            if session.started and not session.finished:
+                # The caller left (closed, cancelled or vanished): close the generator so
+                # its finally blocks run and what it holds is released.
+                with anyio.CancelScope(shield=True):
+                    await self._execute(task, session.close)
+
+    async def _run_step(self, task: Task, session: GeneratorSession, step: Step) -> Response:
+        return await self._execute(task, functools.partial(session.step, step))
+
+    async def _execute(
+        self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]
+    ) -> Response:
+        execution = self._executor.start(run, on_cancelled=CANCELLED)
         self._running[task.id] = (execution, task.grace)
         try:
             return await execution.wait(task.grace)
