@@ -232,3 +232,11 @@ class Talker:
         finally:
             with open(marker, "a") as f:
                 f.write("finally;")
+
+
+@wool.routine
+async def hold(marker: str, seconds: float) -> int:
+    """Write this worker's pid to ``marker``, then sleep."""
+    Path(marker).write_text(str(os.getpid()))
+    await anyio.sleep(seconds)
+    return os.getpid()

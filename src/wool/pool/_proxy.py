@@ -34,6 +34,7 @@ from wool.transport import (
     Rejected,
     RejectedReason,
     Request,
+    Response,
     Step,
     StepKind,
     Task,
@@ -277,32 +278,53 @@ class WorkerProxy:
                 generator=True,
             )
         )
-        while True:
-            worker = await self._choose(routine)
-            client = self._client(worker)
-            try:
-                call = await self._portal.run(client.open, request)
-            except Unreachable as exc:
-                self._suspend(worker, str(exc))
-                continue  # never sent: another worker may take it
-            except ConnectionLost as exc:
-                self._suspend(worker, str(exc))
-                raise WorkerLost(
-                    f"worker {worker.id} at {worker.address} was lost while starting "
-                    f"{routine!r}: {exc}",
-                    worker=worker.id,
-                    routine=routine,
-                ) from None
-            break
+        client: Client | None = None
+        call: CallStream | None = None
         try:
-            yield RemoteGenerator(self, call, routine, worker)
+            while True:
+                worker = await self._choose(routine)
+                client = self._client(worker)
+                try:
+                    call = await self._portal.run(client.open, request)
+                except Unreachable as exc:
+                    self._suspend(worker, str(exc))
+                    continue  # never sent: another worker may take it
+                except ConnectionLost as exc:
+                    self._suspend(worker, str(exc))
+                    raise WorkerLost(
+                        f"worker {worker.id} at {worker.address} was lost while starting "
+                        f"{routine!r}: {exc}",
+                        worker=worker.id,
+                        routine=routine,
+                    ) from None
+                remote = RemoteGenerator(self, call, routine, worker)
+                # The first step is always NEXT (Python refuses other first steps locally),
+                # so take it here: a worker that refuses the call lets another one take it.
+                first = await remote.exchange(StepKind.NEXT)
+                refusal = first.rejected
+                if refusal is not None and refusal.reason in (
+                    RejectedReason.STOPPING,
+                    RejectedReason.VERSION,
+                ):
+                    if refusal.reason == RejectedReason.STOPPING:
+                        self._suspend(worker, "it is stopping")
+                    else:
+                        self.remove(worker.id)
+                    await self._portal.run(call.close)
+                    call = None
+                    continue
+                remote.pending = first
+                break
+            yield remote
         except anyio.get_cancelled_exc_class():
-            await self._cancel_remote(client, call_id, grace)
+            if client is not None:
+                await self._cancel_remote(client, call_id, grace)
             raise
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
-                with contextlib.suppress(ConnectionLost):
-                    await self._portal.run(call.close)
+            if call is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                    with contextlib.suppress(ConnectionLost):
+                        await self._portal.run(call.close)
 
     async def _cancel_remote(self, client: Client, call_id: str, grace: float) -> None:
         # The stream was reset already, which cancels the routine; this waits until the
@@ -382,12 +404,25 @@ class RemoteGenerator:
         self._call = call
         self._routine = routine
         self._worker = worker
+        #: The answer to the first step, taken while the call was placed.
+        self.pending: Response | None = None
 
     async def step(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]:
         """Advance the remote generator: (True, None) once it is exhausted, else (False, item)."""
+        response, self.pending = self.pending, None
+        if response is None or kind != StepKind.NEXT:
+            response = await self.exchange(kind, value)
+        kind_, body = betterproto2.which_one_of(response, "body")
+        if kind_ == "item":
+            return False, await _outcome("result", body, self._routine, self._worker)
+        if kind_ == "exhausted":
+            return True, None
+        return True, await _outcome(kind_, body, self._routine, self._worker)
+
+    async def exchange(self, kind: StepKind, value: Any = None) -> Response:
         payload = b"" if kind in (StepKind.NEXT, StepKind.CLOSE) else _dumps_value(value)
         try:
-            response = await self._proxy._portal.run(
+            return await self._proxy._portal.run(
                 self._call.exchange, Request(step=Step(kind=kind, value=payload))
             )
         except ConnectionLost as exc:
@@ -398,12 +433,6 @@ class RemoteGenerator:
                 worker=self._worker.id,
                 routine=self._routine,
             ) from None
-        kind_, body = betterproto2.which_one_of(response, "body")
-        if kind_ == "item":
-            return False, await _outcome("result", body, self._routine, self._worker)
-        if kind_ == "exhausted":
-            return True, None
-        return True, await _outcome(kind_, body, self._routine, self._worker)
 
     async def close(self) -> None:
         """Close the remote generator; returns once its ``finally`` blocks have run."""
