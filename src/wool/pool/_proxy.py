@@ -31,7 +31,6 @@ from wool.transport import (
     Client,
     ConnectionLost,
     Portal,
-    Rejected,
     RejectedReason,
     Request,
     Response,
@@ -195,6 +194,53 @@ class WorkerProxy:
             with contextlib.suppress(Exception):
                 await self._portal.run(client.close)
 
+    def _request(
+        self,
+        routine: str,
+        function: bytes,
+        arguments: bytes,
+        grace: float,
+        timeout: float | None,
+        *,
+        generator: bool = False,
+    ) -> Request:
+        return Request(
+            task=Task(
+                version=PROTOCOL_VERSION,
+                id=next(self._ids),
+                routine=routine,
+                function=function,
+                arguments=arguments,
+                timeout=timeout,
+                grace=grace,
+                caller=_CALLER,
+                depth=call_depth.get() + 1,
+                generator=generator,
+            )
+        )
+
+    def _lost(self, worker: WorkerMetadata, routine: str, exc: Exception) -> WorkerLost:
+        self._suspend(worker, str(exc))
+        return WorkerLost(
+            f"worker {worker.id} at {worker.address} was lost while running {routine!r}: {exc}",
+            worker=worker.id,
+            routine=routine,
+        )
+
+    def _declined(self, worker: WorkerMetadata, response: Response) -> bool:
+        """The worker refused a call that never started there: another worker may take it."""
+        refusal = response.rejected
+        if refusal is None:
+            return False
+        if refusal.reason == RejectedReason.STOPPING:
+            self._suspend(worker, "it is stopping")
+            return True
+        if refusal.reason == RejectedReason.VERSION:
+            log.error("worker %s speaks another protocol: %s", worker.id, refusal.detail)
+            self.remove(worker.id)  # until discovery reports it anew
+            return True
+        return False
+
     async def call(
         self,
         routine: str,
@@ -205,23 +251,9 @@ class WorkerProxy:
         timeout: float | None,
     ) -> Any:
         """Run one call on a worker and return its result or raise its exception."""
-        if self._closed:
-            raise NoPoolError(routine, closed=True)
         grace = self._grace if grace is None else grace
-        call_id = next(self._ids)
-        request = Request(
-            task=Task(
-                version=PROTOCOL_VERSION,
-                id=call_id,
-                routine=routine,
-                function=function,
-                arguments=arguments,
-                timeout=timeout,
-                grace=grace,
-                caller=_CALLER,
-                depth=call_depth.get() + 1,
-            )
-        )
+        request = self._request(routine, function, arguments, grace, timeout)
+        assert request.task is not None
         while True:
             worker = await self._choose(routine)
             client = self._client(worker)
@@ -231,24 +263,13 @@ class WorkerProxy:
                 self._suspend(worker, str(exc))
                 continue  # never sent: another worker may take it
             except ConnectionLost as exc:
-                self._suspend(worker, str(exc))
-                raise WorkerLost(
-                    f"worker {worker.id} at {worker.address} was lost while running "
-                    f"{routine!r}: {exc}",
-                    worker=worker.id,
-                    routine=routine,
-                ) from None
+                raise self._lost(worker, routine, exc) from None
             except anyio.get_cancelled_exc_class():
-                await self._cancel_remote(client, call_id, grace)
+                await self._cancel_remote(client, request.task.id, grace)
                 raise
-            kind, body = betterproto2.which_one_of(response, "body")
-            if isinstance(body, Rejected) and body.reason == RejectedReason.STOPPING:
-                self._suspend(worker, "it is stopping")
-                continue  # never started: another worker may take it
-            if isinstance(body, Rejected) and body.reason == RejectedReason.VERSION:
-                log.error("worker %s speaks another protocol: %s", worker.id, body.detail)
-                self.remove(worker.id)  # until discovery reports it anew
+            if self._declined(worker, response):
                 continue
+            kind, body = betterproto2.which_one_of(response, "body")
             return await _outcome(kind, body, routine, worker)
 
     @asynccontextmanager
@@ -263,21 +284,8 @@ class WorkerProxy:
     ) -> AsyncGenerator[RemoteGenerator, None]:
         """Open a generator call on a worker; its steps are taken through the yielded object."""
         grace = self._grace if grace is None else grace
-        call_id = next(self._ids)
-        request = Request(
-            task=Task(
-                version=PROTOCOL_VERSION,
-                id=call_id,
-                routine=routine,
-                function=function,
-                arguments=arguments,
-                timeout=timeout,
-                grace=grace,
-                caller=_CALLER,
-                depth=call_depth.get() + 1,
-                generator=True,
-            )
-        )
+        request = self._request(routine, function, arguments, grace, timeout, generator=True)
+        assert request.task is not None
         client: Client | None = None
         call: CallStream | None = None
         try:
@@ -290,35 +298,20 @@ class WorkerProxy:
                     self._suspend(worker, str(exc))
                     continue  # never sent: another worker may take it
                 except ConnectionLost as exc:
-                    self._suspend(worker, str(exc))
-                    raise WorkerLost(
-                        f"worker {worker.id} at {worker.address} was lost while starting "
-                        f"{routine!r}: {exc}",
-                        worker=worker.id,
-                        routine=routine,
-                    ) from None
+                    raise self._lost(worker, routine, exc) from None
                 remote = RemoteGenerator(self, call, routine, worker)
                 # The first step is always NEXT (Python refuses other first steps locally),
                 # so take it here: a worker that refuses the call lets another one take it.
-                first = await remote.exchange(StepKind.NEXT)
-                refusal = first.rejected
-                if refusal is not None and refusal.reason in (
-                    RejectedReason.STOPPING,
-                    RejectedReason.VERSION,
-                ):
-                    if refusal.reason == RejectedReason.STOPPING:
-                        self._suspend(worker, "it is stopping")
-                    else:
-                        self.remove(worker.id)
+                remote.pending = await remote.exchange(StepKind.NEXT)
+                if self._declined(worker, remote.pending):
                     await self._portal.run(call.close)
                     call = None
                     continue
-                remote.pending = first
                 break
             yield remote
         except anyio.get_cancelled_exc_class():
             if client is not None:
-                await self._cancel_remote(client, call_id, grace)
+                await self._cancel_remote(client, request.task.id, grace)
             raise
         finally:
             if call is not None:
@@ -426,13 +419,7 @@ class RemoteGenerator:
                 self._call.exchange, Request(step=Step(kind=kind, value=payload))
             )
         except ConnectionLost as exc:
-            self._proxy._suspend(self._worker, str(exc))
-            raise WorkerLost(
-                f"worker {self._worker.id} at {self._worker.address} was lost while running "
-                f"{self._routine!r}: {exc}",
-                worker=self._worker.id,
-                routine=self._routine,
-            ) from None
+            raise self._proxy._lost(self._worker, self._routine, exc) from None
 
     async def close(self) -> None:
         """Close the remote generator; returns once its ``finally`` blocks have run."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
-import sys
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -33,37 +34,52 @@ def failure(exc: BaseException) -> Response:
 
 async def execute(task: Task, scope: anyio.CancelScope) -> Response:
     """Run the task's routine inside ``scope``, under the caller's deadline."""
-    if task.timeout is not None:
-        scope.deadline = anyio.current_time() + task.timeout
-    try:
-        fn = _load_function(task.function)
-        args, kwargs = loads(task.arguments)
-    except BaseException as exc:
-        log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
-        return failure(
-            SerializationError(
-                f"the call to {task.routine!r} cannot be unpickled on the worker: {exc!r}"
-            )
-        )
-    call = fn.run_here if isinstance(fn, Routine) else fn
+
+    async def call() -> Response:
+        run, args, kwargs = _load_call(task)
+        return _answer(task, await run(*args, **kwargs))
+
+    deadline = None if task.timeout is None else anyio.current_time() + task.timeout
+    return await _run_in(scope, task, deadline, call)
+
+
+async def _run_in(
+    scope: anyio.CancelScope,
+    task: Task,
+    deadline: float | None,
+    body: Callable[[], Awaitable[Response]],
+) -> Response:
+    """Run ``body`` inside ``scope`` and turn however it ended into the answer."""
+    if deadline is not None:
+        scope.deadline = deadline
     call_depth.set(task.depth)
     response: Response | None = None
     with scope:
         try:
-            value: Any = await call(*args, **kwargs)
+            response = await body()
         except anyio.get_cancelled_exc_class() as exc:
             if scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
                 raise
             response = failure(exc)  # nothing cancelled it: the routine raised it itself
         except BaseException as exc:
             response = failure(exc)
-        else:
-            response = _result(task, value)
     if response is not None:
         return response
     if scope.deadline <= anyio.current_time():
         return Response(cancelled=Cancelled(deadline=True))
     return CANCELLED
+
+
+def _load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    try:
+        fn = _load_function(task.function)
+        args, kwargs = loads(task.arguments)
+    except BaseException as exc:
+        log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
+        raise SerializationError(
+            f"the call to {task.routine!r} cannot be unpickled on the worker: {exc!r}"
+        ) from None
+    return (fn.run_here if isinstance(fn, Routine) else fn), args, kwargs
 
 
 _functions: OrderedDict[bytes, Any] = OrderedDict()
@@ -81,16 +97,18 @@ def _load_function(data: bytes) -> Any:
     return fn
 
 
-def _result(task: Task, value: Any) -> Response:
+def _answer(task: Task, value: Any, *, yielded: bool = False) -> Response:
+    """The value a routine returned or yielded, pickled for the caller."""
     try:
-        return Response(result=dumps(value))
+        data = dumps(value)
     except Exception as exc:
+        what = "a value yielded by" if yielded else "the value returned by"
         return failure(
             SerializationError(
-                f"the value returned by {task.routine!r} ({type(value).__name__}) "
-                f"cannot be pickled: {exc}"
+                f"{what} {task.routine!r} ({type(value).__name__}) cannot be pickled: {exc}"
             )
         )
+    return Response(item=data) if yielded else Response(result=data)
 
 
 class GeneratorSession:
@@ -112,25 +130,9 @@ class GeneratorSession:
 
     async def step(self, step: Step, scope: anyio.CancelScope) -> Response:
         task = self._task
-        if task.timeout is not None:
-            if self._deadline is None:
-                self._deadline = anyio.current_time() + task.timeout
-            scope.deadline = self._deadline
-        call_depth.set(task.depth)
-        response: Response | None = None
-        with scope:
-            try:
-                response = await self._step(step)
-            except anyio.get_cancelled_exc_class():
-                if scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
-                    raise
-                exc = sys.exc_info()[1]
-                assert exc is not None
-                response = failure(exc)  # raised by the generator itself
-        if response is None:
-            self.finished = True
-            deadline = scope.deadline <= anyio.current_time()
-            return Response(cancelled=Cancelled(deadline=deadline)) if deadline else CANCELLED
+        if task.timeout is not None and self._deadline is None:
+            self._deadline = anyio.current_time() + task.timeout
+        response = await _run_in(scope, task, self._deadline, functools.partial(self._step, step))
         if response.item is None:
             self.finished = True
         return response
@@ -139,17 +141,8 @@ class GeneratorSession:
         if self._agen is None:
             if step.kind == StepKind.CLOSE:
                 return Response(exhausted=Exhausted())
-            try:
-                fn = _load_function(self._task.function)
-                args, kwargs = loads(self._task.arguments)
-            except BaseException as exc:
-                return failure(
-                    SerializationError(
-                        f"the call to {self._task.routine!r} cannot be unpickled on the "
-                        f"worker: {exc!r}"
-                    )
-                )
-            self._agen = (fn.run_here if isinstance(fn, Routine) else fn)(*args, **kwargs)
+            run, args, kwargs = _load_call(self._task)
+            self._agen = run(*args, **kwargs)
         try:
             if step.kind == StepKind.CLOSE:
                 await self._agen.aclose()
@@ -162,11 +155,7 @@ class GeneratorSession:
                 item = await self._agen.__anext__()
         except StopAsyncIteration:
             return Response(exhausted=Exhausted())
-        except anyio.get_cancelled_exc_class():
-            raise
-        except BaseException as exc:
-            return failure(exc)
-        return _item(self._task, item)
+        return _answer(self._task, item, yielded=True)
 
     async def close(self, scope: anyio.CancelScope) -> Response:
         """Close the generator (its ``finally`` blocks run); the caller is gone or done."""
@@ -175,15 +164,3 @@ class GeneratorSession:
             with scope, contextlib.suppress(Exception):
                 await self._agen.aclose()
         return CANCELLED
-
-
-def _item(task: Task, value: Any) -> Response:
-    try:
-        return Response(item=dumps(value))
-    except Exception as exc:
-        return failure(
-            SerializationError(
-                f"a value yielded by {task.routine!r} ({type(value).__name__}) "
-                f"cannot be pickled: {exc}"
-            )
-        )
