@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -304,8 +305,9 @@ class WorkerProxy:
                 # so take it here: a worker that refuses the call lets another one take it.
                 remote.pending = await remote.exchange(StepKind.NEXT)
                 if self._declined(worker, remote.pending):
-                    await self._portal.run(call.close)
-                    call = None
+                    closing, call = call, None
+                    with anyio.move_on_after(grace):
+                        await self._portal.run(functools.partial(closing.close, reset=True))
                     continue
                 break
             yield remote
