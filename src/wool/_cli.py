@@ -16,6 +16,7 @@ import anyio
 
 from wool._errors import WoolError
 from wool.discovery import DiscoveryLike, LanDiscovery, LocalDiscovery, WorkerMetadata
+from wool.transport import DEFAULT_LIMITS, Limits
 
 __all__ = ["main"]
 
@@ -63,6 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--keepalive", type=float, default=5.0, help="seconds between HTTP/2 pings on open calls"
+    )
+    worker.add_argument(
+        "--max-message-size",
+        type=_positive_int,
+        default=DEFAULT_LIMITS.max_message,
+        help="bytes in one message on the wire; larger payloads are chunked (default 4 MiB; "
+        "use the same as the callers' pools)",
+    )
+    worker.add_argument(
+        "--max-payload-size",
+        type=_positive_int,
+        default=DEFAULT_LIMITS.max_payload,
+        help="bytes one pickled argument tuple, result or item may take (default 1 GiB)",
     )
     worker.add_argument("--tls-cert", help="(not supported yet)")
     worker.add_argument("--tls-key", help="(not supported yet)")
@@ -157,6 +171,7 @@ def _worker(args: argparse.Namespace) -> int:
         grace=args.grace,
         keepalive=args.keepalive,
         log_level=getattr(logging, args.log_level),
+        limits=Limits(max_message=args.max_message_size, max_payload=args.max_payload_size),
     )
     log.info(
         "starting worker %s (%s discovery, namespace %r)", config.id, args.discovery, args.namespace

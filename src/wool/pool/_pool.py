@@ -19,7 +19,7 @@ from wool.discovery import DiscoveryLike, LocalDiscovery, MergedDiscovery, Worke
 from wool.loadbalancer import LoadBalancerLike
 from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.routine import Dispatcher, dispatcher_var
-from wool.transport import Portal, current_backend, portal_for_host
+from wool.transport import DEFAULT_LIMITS, Limits, Portal, current_backend, portal_for_host
 from wool.worker import WorkerConfig, WorkerProcess
 
 __all__ = ["WorkerPool"]
@@ -65,6 +65,11 @@ class WorkerPool:
             or fail fast at start-up when they are broken).
         loadbalancer: picks the worker for each call; round robin by default.
         log_level: logging level of the worker processes.
+        max_message_size: bytes in one message on the wire; larger arguments, results and
+            items travel in chunks of this size. Workers the pool spawns use the same.
+        max_payload_size: bytes an argument tuple, return value, yielded item or sent
+            value may pickle to (default 1 GiB). A call over it raises
+            ``SerializationError`` before anything is sent.
 
     Exiting the block stops every worker the pool spawned (SIGTERM, then SIGKILL after
     ``grace``), also when the block raised or was cancelled; nothing it started is left
@@ -83,6 +88,8 @@ class WorkerPool:
         imports: tuple[str, ...] | list[str] = (),
         loadbalancer: LoadBalancerLike | None = None,
         log_level: int | None = None,
+        max_message_size: int = DEFAULT_LIMITS.max_message,
+        max_payload_size: int = DEFAULT_LIMITS.max_payload,
     ) -> None:
         if size is None:
             size = 0 if discovery is not None else os.cpu_count() or 1
@@ -102,6 +109,7 @@ class WorkerPool:
         for tag in tags:
             if not isinstance(tag, str) or not tag:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise TypeError(f"tags must be non-empty strings, got {tag!r}")
+        self.limits = Limits(max_message=max_message_size, max_payload=max_payload_size)
         self.tags = frozenset(tags)
         self.size = size
         self.discovery = discovery
@@ -147,6 +155,7 @@ class WorkerPool:
             imports=self.imports,
             log_level=self.log_level,
             parent_pid=os.getpid(),
+            limits=self.limits,
         )
         try:
             await self._spawn_all()
@@ -155,6 +164,7 @@ class WorkerPool:
                 followed,
                 grace=self.grace,
                 keepalive=self.keepalive,
+                limits=self.limits,
                 wait_for_workers=self.start_timeout,
                 filter=lambda w: self.tags <= w.tags,
                 loadbalancer=self._loadbalancer,

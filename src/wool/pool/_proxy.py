@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
@@ -27,10 +28,12 @@ from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.routine import call_depth
 from wool.transport import (
+    DEFAULT_LIMITS,
     PROTOCOL_VERSION,
     CallStream,
     Client,
     ConnectionLost,
+    Limits,
     Portal,
     RejectedReason,
     Request,
@@ -63,10 +66,12 @@ class WorkerProxy:
         grace: float,
         keepalive: float | None,
         wait_for_workers: float,
+        limits: Limits = DEFAULT_LIMITS,
         loadbalancer: LoadBalancerLike | None = None,
         description: str = "the pool",
     ) -> None:
         self._portal = portal
+        self.limits = limits
         self._grace = grace
         self._keepalive = keepalive
         self._wait_for_workers = wait_for_workers
@@ -160,7 +165,7 @@ class WorkerProxy:
     def _client(self, worker: WorkerMetadata) -> Client:
         client = self._clients.get(worker.id)
         if client is None:
-            client = Client(worker.host, worker.port, keepalive=self._keepalive)
+            client = Client(worker.host, worker.port, keepalive=self._keepalive, limits=self.limits)
             self._clients[worker.id] = client
         return client
 
@@ -253,6 +258,7 @@ class WorkerProxy:
     ) -> Any:
         """Run one call on a worker and return its result or raise its exception."""
         grace = self._grace if grace is None else grace
+        self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout)
         assert request.task is not None
         while True:
@@ -282,9 +288,14 @@ class WorkerProxy:
         *,
         grace: float | None,
         timeout: float | None,
+        prefetch: int,
     ) -> AsyncGenerator[RemoteGenerator, None]:
-        """Open a generator call on a worker; its steps are taken through the yielded object."""
+        """Open a generator call on a worker; its steps are taken through the yielded object.
+
+        The worker runs up to ``prefetch`` items ahead of the ones asked for.
+        """
         grace = self._grace if grace is None else grace
+        self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout, generator=True)
         assert request.task is not None
         client: Client | None = None
@@ -300,11 +311,11 @@ class WorkerProxy:
                     continue  # never sent: another worker may take it
                 except ConnectionLost as exc:
                     raise self._lost(worker, routine, exc) from None
-                remote = RemoteGenerator(self, call, routine, worker)
+                remote = RemoteGenerator(self, call, routine, worker, prefetch)
                 # The first step is always NEXT (Python refuses other first steps locally),
                 # so take it here: a worker that refuses the call lets another one take it.
-                remote.pending = await remote.exchange(StepKind.NEXT)
-                if self._declined(worker, remote.pending):
+                first = await remote.start()
+                if self._declined(worker, first):
                     closing, call = call, None
                     with anyio.move_on_after(grace):
                         await self._portal.run(functools.partial(closing.close, reset=True))
@@ -320,6 +331,24 @@ class WorkerProxy:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
                     with contextlib.suppress(ConnectionLost):
                         await self._portal.run(call.close)
+
+    def _check_sizes(self, routine: str, function: bytes, arguments: bytes) -> None:
+        """Refuse, before sending anything, a call too large for the limits."""
+        limit = self.limits.max_payload
+        if len(arguments) > limit:
+            raise SerializationError(
+                f"the arguments of {routine!r} pickle to {len(arguments)} bytes, over the "
+                f"maximum payload size of {limit} bytes; pass less at a time, or something "
+                "the worker can load the data from (a path, an address), or raise the pool's "
+                "max_payload_size"
+            )
+        room = self.limits.max_message - 1024
+        if len(function) > room:
+            raise SerializationError(
+                f"routine {routine!r} pickles to {len(function)} bytes, more than one message "
+                f"may carry ({room} bytes); make it importable by the workers (define it in a "
+                "module) rather than sending it by value"
+            )
 
     async def _cancel_remote(self, client: Client, call_id: str, grace: float) -> None:
         # The stream was reset already, which cancels the routine; this waits until the
@@ -390,51 +419,133 @@ class _Deadline:
 
 
 class RemoteGenerator:
-    """The caller's handle on an async generator running on a worker."""
+    """The caller's handle on an async generator running on a worker.
+
+    Items come in the order the generator yields them. While the caller only asks for
+    the next item, the worker is granted up to ``window`` items beyond the one asked for,
+    topped up as they are consumed; SEND, THROW and CLOSE are exact steps (see ``Step`` in
+    the protocol).
+    """
 
     def __init__(
-        self, proxy: WorkerProxy, call: CallStream, routine: str, worker: WorkerMetadata
+        self,
+        proxy: WorkerProxy,
+        call: CallStream,
+        routine: str,
+        worker: WorkerMetadata,
+        window: int,
     ) -> None:
         self._proxy = proxy
         self._call = call
         self._routine = routine
         self._worker = worker
-        #: The answer to the first step, taken while the call was placed.
-        self.pending: Response | None = None
+        self._window = window
+        self._buffer: deque[bytes] = deque()
+        self._granted = 0  # items granted that have not arrived
+        self._final: Response | None = None
 
-    async def step(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]:
-        """Advance the remote generator: (True, None) once it is exhausted, else (False, item)."""
-        response, self.pending = self.pending, None
-        if response is None or kind != StepKind.NEXT:
-            response = await self.exchange(kind, value)
-        kind_, body = betterproto2.which_one_of(response, "body")
-        if kind_ == "item":
-            return False, await _outcome("result", body, self._routine, self._worker)
-        if kind_ == "exhausted":
+    async def start(self) -> Response:
+        """Ask for the first item (and the window after it); return the first answer."""
+        await self._grant(self._window + 1)
+        response = await self._receive()
+        if response.rejected is None:
+            self._take(response)
+        return response
+
+    async def next(self) -> tuple[bool, Any]:
+        while not self._buffer:
+            if self._final is not None:
+                return await self._conclude(self._final)
+            if not self._granted:
+                await self._grant(self._window + 1)
+            self._take(await self._receive())
+        data = self._buffer.popleft()
+        ahead = self._granted + len(self._buffer)
+        if self._final is None and ahead <= self._window // 2 < self._window:
+            await self._grant(self._window - ahead)
+        return False, self._load(data)
+
+    async def control(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]:
+        self._buffer.clear()  # items read ahead past the point this step applies at
+        self._granted = 0
+        if self._final is not None:
+            # The generator ran to its end ahead of the caller; nothing is left to apply
+            # the step to. A thrown exception propagates, as it would from a generator that
+            # does not catch it.
+            if kind == StepKind.THROW:
+                _raise_remote(value)
             return True, None
-        return True, await _outcome(kind_, body, self._routine, self._worker)
-
-    async def exchange(self, kind: StepKind, value: Any = None) -> Response:
-        payload = b"" if kind in (StepKind.NEXT, StepKind.CLOSE) else _dumps_value(value)
-        try:
-            return await self._proxy._portal.run(
-                self._call.exchange, Request(step=Step(kind=kind, value=payload))
-            )
-        except ConnectionLost as exc:
-            raise self._proxy._lost(self._worker, self._routine, exc) from None
+        await self._send(Step(kind=kind, value=b"" if kind == StepKind.CLOSE else _dumps_value(value, self._proxy.limits)))
+        while True:
+            response = await self._receive()
+            if response.items is not None:
+                continue  # produced before the step took effect
+            if response.item is not None:
+                return False, self._load(response.item)
+            self._final = response
+            return await self._conclude(response)
 
     async def close(self) -> None:
         """Close the remote generator; returns once its ``finally`` blocks have run."""
-        await self.step(StepKind.CLOSE)
+        await self.control(StepKind.CLOSE)
+
+    def _take(self, response: Response) -> None:
+        items = response.items
+        if items is not None:
+            self._buffer.extend(items.values)
+            self._granted = max(0, self._granted - len(items.values))
+        elif response.item is not None:
+            raise ProtocolError(
+                f"worker {self._worker.id} answered a step of {self._routine!r} it was not sent"
+            )
+        else:
+            self._final = response
+            self._granted = 0
+
+    async def _conclude(self, response: Response) -> tuple[bool, Any]:
+        kind, body = betterproto2.which_one_of(response, "body")
+        if kind == "exhausted":
+            return True, None
+        return True, await _outcome(kind, body, self._routine, self._worker)
+
+    def _load(self, data: bytes) -> Any:
+        try:
+            return loads(data)
+        except Exception as exc:
+            raise SerializationError(
+                f"a value yielded by {self._routine!r} cannot be unpickled here: {exc}"
+            ) from exc
+
+    async def _grant(self, count: int) -> None:
+        await self._send(Step(kind=StepKind.NEXT, count=count))
+        self._granted += count
+
+    async def _send(self, step: Step) -> None:
+        try:
+            await self._proxy._portal.run(self._call.send, Request(step=step))
+        except ConnectionLost as exc:
+            raise self._proxy._lost(self._worker, self._routine, exc) from None
+
+    async def _receive(self) -> Response:
+        try:
+            return await self._proxy._portal.run(self._call.receive)
+        except ConnectionLost as exc:
+            raise self._proxy._lost(self._worker, self._routine, exc) from None
 
 
-def _dumps_value(value: Any) -> bytes:
+def _dumps_value(value: Any, limits: Limits) -> bytes:
     try:
-        return dumps(value)
+        data = dumps(value)
     except Exception as exc:
         raise SerializationError(
             f"the value sent ({type(value).__name__}) cannot be pickled: {exc}"
         ) from exc
+    if len(data) > limits.max_payload:
+        raise SerializationError(
+            f"the value sent ({type(value).__name__}) pickles to {len(data)} bytes, over the "
+            f"maximum payload size of {limits.max_payload} bytes"
+        )
+    return data
 
 
 class open_proxy:
@@ -452,6 +563,7 @@ class open_proxy:
         grace: float,
         keepalive: float | None,
         wait_for_workers: float,
+        limits: Limits = DEFAULT_LIMITS,
         filter: WorkerFilter | None = None,
         loadbalancer: LoadBalancerLike | None = None,
         description: str = "the pool",
@@ -462,6 +574,7 @@ class open_proxy:
             portal,
             grace=grace,
             keepalive=keepalive,
+            limits=limits,
             wait_for_workers=wait_for_workers,
             loadbalancer=loadbalancer,
             description=description,

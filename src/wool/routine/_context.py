@@ -38,15 +38,24 @@ class Dispatcher(Protocol):
         *,
         grace: float | None,
         timeout: float | None,
+        prefetch: int,
     ) -> AbstractAsyncContextManager[RemoteGeneratorLike]: ...
 
 
 class RemoteGeneratorLike(Protocol):
-    """An async generator running on a worker, stepped by the caller."""
+    """An async generator running on a worker, stepped by the caller.
 
-    async def step(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]: ...
+    Each step returns ``(True, None)`` once the generator is exhausted, else
+    ``(False, item)``; exceptions the generator raised are raised.
+    """
 
-    async def close(self) -> None: ...
+    async def next(self) -> tuple[bool, Any]:
+        """The next item, resuming the generator with None (may be read ahead)."""
+        ...
+
+    async def control(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]:
+        """Send a value, throw an exception in or close: applied exactly, never read ahead."""
+        ...
 
 
 #: The pool opened by the current task (``async with WorkerPool()``).

@@ -10,12 +10,13 @@ import math
 import sys
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from types import MethodType
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
 from wool._errors import NoPoolError, WorkerLost
 from wool._serialization import dumps_arguments, dumps_function
+from wool.routine._analysis import reads_ahead_safely
 from wool.routine._context import Dispatcher, current_dispatcher
 from wool.transport import StepKind
 
@@ -25,6 +26,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _Kind = Literal["function", "classmethod", "staticmethod"]
+
+#: Items an async generator routine may run ahead of its caller by default.
+DEFAULT_PREFETCH = 64
 
 
 class Routine(Generic[P, T]):
@@ -37,7 +41,9 @@ class Routine(Generic[P, T]):
 
     __wrapped__: Callable[P, Coroutine[Any, Any, T]]
 
-    def __init__(self, fn: Any, *, grace: float | None = None) -> None:
+    def __init__(
+        self, fn: Any, *, grace: float | None = None, prefetch: int = DEFAULT_PREFETCH
+    ) -> None:
         kind: _Kind = "function"
         if isinstance(fn, classmethod):
             kind, fn = "classmethod", fn.__func__
@@ -48,11 +54,15 @@ class Routine(Generic[P, T]):
             raise TypeError(f"@wool.routine needs an `async def` function, got {fn!r}")
         if grace is not None and not (math.isfinite(grace) and grace >= 0):
             raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ValueError(f"prefetch must be a whole number of items >= 0, got {prefetch!r}")
         functools.update_wrapper(self, fn)
         self._name: str = fn.__qualname__
         self._fn = fn
         self._kind = kind
         self._grace = grace
+        self._prefetch = prefetch
+        self._window: int | None = None  # prefetch, once the generator is known to allow it
         self._pickled: bytes | None = None
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
@@ -97,10 +107,13 @@ class Routine(Generic[P, T]):
         # exhaustion and the event loop's finalization of a dropped generator behave as
         # they would locally, and each of them reaches the worker.
         dispatcher, function, arguments, timeout = self._prepare(args, kwargs)
+        if self._window is None:
+            self._window = self._prefetch if reads_ahead_safely(self._fn) else 0
+        window = self._window
         async with dispatcher.generator(
-            self._name, function, arguments, grace=self._grace, timeout=timeout
+            self._name, function, arguments, grace=self._grace, timeout=timeout, prefetch=window
         ) as remote:
-            done, item = await remote.step(StepKind.NEXT)
+            done, item = await remote.next()
             while not done:
                 try:
                     sent = yield item
@@ -108,20 +121,23 @@ class Routine(Generic[P, T]):
                     # A worker that is gone has closed the generator already (it closes
                     # the generators of callers whose connection drops).
                     with contextlib.suppress(WorkerLost):
-                        await remote.close()
+                        await remote.control(StepKind.CLOSE)
                     raise
                 except BaseException as exc:
-                    done, item = await remote.step(StepKind.THROW, exc)
+                    done, item = await remote.control(StepKind.THROW, exc)
                     continue
-                kind = StepKind.NEXT if sent is None else StepKind.SEND
-                done, item = await remote.step(kind, sent)
+                if sent is None or window:
+                    # A generator that reads ahead ignores what is sent to it.
+                    done, item = await remote.next()
+                else:
+                    done, item = await remote.control(StepKind.SEND, sent)
 
     def run_here(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Run the function in this process (what a worker does with a call)."""
         return self._fn(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pickled": None}
+        return {**self.__dict__, "_pickled": None, "_window": None}
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # An importable routine travels by reference: the worker imports it.
@@ -157,22 +173,41 @@ def routine(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, Coroutine
 
 @overload
 def routine(
-    *, grace: float | None = None
-) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]: ...
+    *, grace: float | None = None, prefetch: int = DEFAULT_PREFETCH
+) -> _Decorator: ...
 
 
-def routine(fn: Any = None, /, *, grace: float | None = None) -> Any:
+def routine(
+    fn: Any = None, /, *, grace: float | None = None, prefetch: int = DEFAULT_PREFETCH
+) -> Any:
     """Make an ``async def`` function (or method) run on the current pool's workers.
 
     Use it bare (``@wool.routine``) or with options (``@wool.routine(grace=2.0)``):
 
     - ``grace``: seconds a cancelled call waits for the remote routine to finish
       unwinding before the caller moves on; defaults to the pool's.
+    - ``prefetch`` (async generators): items the worker may produce ahead of the
+      caller while the caller only iterates (default 64; 0 steps the generator in
+      lock-step). It applies only to generators that ignore the values sent to them and
+      catch no exceptions at their ``yield``: those that do are always stepped exactly,
+      so ``asend`` and ``athrow`` reach them at the ``yield`` they would locally.
 
     Works on functions and on instance, class and static methods (put ``@wool.routine``
     above or below ``@classmethod``/``@staticmethod``). The function, its arguments, its
     return value and its exceptions must be picklable with cloudpickle.
     """
     if fn is None:
-        return lambda f: Routine(f, grace=grace)
-    return Routine(fn, grace=grace)
+        return lambda f: Routine(f, grace=grace, prefetch=prefetch)
+    return Routine(fn, grace=grace, prefetch=prefetch)
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(
+        self, fn: Callable[P, AsyncGenerator[T, Any]], /
+    ) -> Callable[P, AsyncGenerator[T, Any]]: ...
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, T]], /
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...

@@ -20,11 +20,13 @@ from wool.transport._bridge import (
     portal_for_host,
     trio_executor,
 )
+from wool.transport._framing import DEFAULT_LIMITS, Limits
 from wool.transport._grpc import CallStream, Client, Server, Service
 from wool.transport._protocol.wool.v1 import (
     Cancelled,
     Exhausted,
     Failure,
+    Items,
     Rejected,
     RejectedReason,
     Request,
@@ -37,6 +39,7 @@ from wool.transport._protocol.wool.v1 import (
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "DEFAULT_LIMITS",
     "CallStream",
     "Cancelled",
     "Client",
@@ -45,6 +48,8 @@ __all__ = [
     "Executor",
     "Exhausted",
     "Failure",
+    "Items",
+    "Limits",
     "LoopThread",
     "Portal",
     "Rejected",
@@ -65,4 +70,4 @@ __all__ = [
 ]
 
 #: Version of the messages in ``protos/wool/v1``; a worker refuses tasks of another version.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2

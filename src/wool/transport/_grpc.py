@@ -7,6 +7,7 @@ coroutine here runs on grpclib's asyncio loop; hosts reach them through a Portal
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -26,10 +27,13 @@ from h2.settings import SettingCodes
 
 from wool._errors import ProtocolError
 from wool.transport._bridge import CoalescingTransport, ConnectionLost, Unreachable
+from wool.transport._framing import DEFAULT_LIMITS, Assembler, Limits, split
 from wool.transport._protocol.wool.v1 import (
     CancelRequest,
     CancelResponse,
     InfoRequest,
+    Rejected,
+    RejectedReason,
     Request,
     Response,
     StopRequest,
@@ -66,14 +70,51 @@ class _Channel(grpclib.client.Channel):
 class _Codec(CodecBase):
     __content_subtype__ = "proto"  # pyright: ignore[reportIncompatibleMethodOverride, reportAssignmentType]
 
+    def __init__(self, max_message: int) -> None:
+        self._max_message = max_message
+
     def encode(self, message: Any, message_type: Any) -> bytes:
         return bytes(message)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
+        if len(data) > self._max_message:
+            raise ProtocolError(
+                f"the peer sent a message of {len(data)} bytes, over the maximum message size "
+                f"of {self._max_message} bytes here; give callers and workers the same "
+                "max_message_size"
+            )
         return message_type.parse(data)
 
 
-_CODEC = _Codec()
+async def _send(
+    stream: grpclib.client.Stream[Any, Any] | grpclib.server.Stream[Any, Any],
+    message: Request | Response,
+    limits: Limits,
+    *,
+    end: bool = False,
+) -> None:
+    """Send one message, in chunks if its payload is too large for one."""
+    messages = split(message, limits.max_message)
+    for part in messages[:-1]:
+        await stream.send_message(part)
+    if end:  # only a client ends its side with its last message
+        await stream.send_message(messages[-1], end=True)  # pyright: ignore[reportCallIssue]
+    else:
+        await stream.send_message(messages[-1])
+
+
+async def _receive(
+    stream: grpclib.client.Stream[Any, Any] | grpclib.server.Stream[Any, Any],
+    assembler: Assembler,
+) -> Any:
+    """Receive one whole message (joining its chunks), or None at the end of the stream."""
+    while True:
+        message = await stream.recv_message()
+        if message is None:
+            return None
+        whole = assembler.add(message)
+        if whole is not None:
+            return whole
 
 
 def _configuration(keepalive: float | None) -> Configuration:
@@ -107,11 +148,20 @@ class _Connection:
 class Client:
     """The connections to one worker. Create, use and close it on grpclib's loop."""
 
-    def __init__(self, host: str, port: int, *, keepalive: float | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        keepalive: float | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.address = f"{host}:{port}"
         self._host = host
         self._port = port
         self._keepalive = keepalive
+        self.limits = limits
+        self._codec = _Codec(limits.max_message)
         self._connections: list[_Connection] = []
         # Connections of calls cancelled while in flight: their Cancel request must travel
         # behind the stream's reset on the same connection, or it could overtake it.
@@ -126,7 +176,7 @@ class Client:
                 return connection
         # grpclib binds a channel to the loop it is created on: create them on first use.
         channel = _Channel(
-            self._host, self._port, codec=_CODEC, config=_configuration(self._keepalive)
+            self._host, self._port, codec=self._codec, config=_configuration(self._keepalive)
         )
         connection = _Connection(channel)
         self._connections.append(connection)
@@ -154,8 +204,8 @@ class Client:
         )
         try:
             async with stream:
-                await stream.send_message(request, end=True)
-                response = await stream.recv_message()
+                await _send(stream, request, self.limits, end=True)
+                response = await _receive(stream, Assembler(self.limits.max_payload))
         except _TRANSPORT_ERRORS as exc:
             raise ConnectionLost(f"connection to worker {self.address} lost: {exc}") from exc
         except GRPCError as exc:
@@ -199,7 +249,7 @@ class Client:
         call = CallStream(self, connection, stream, request.task.id if request.task else "")
         try:
             await stream.__aenter__()
-            await stream.send_message(request)
+            await call.send(request)
         except BaseException:
             await call.close(reset=True)
             raise
@@ -257,29 +307,38 @@ class CallStream:
         self._connection = connection
         self._stream = stream
         self._call_id = call_id
+        self._assembler = Assembler(client.limits.max_payload)
         self._closed = False
 
-    async def exchange(self, request: Request) -> Response:
-        """Send one Step and receive its answer. Cancelling this resets the stream."""
+    async def send(self, request: Request) -> None:
+        """Send one request. Cancelling this resets the stream."""
         try:
-            await self._stream.send_message(request)
-            response = await self._stream.recv_message()
-        except _TRANSPORT_ERRORS as exc:
-            raise ConnectionLost(
-                f"connection to worker {self._client.address} lost: {exc}"
-            ) from exc
-        except GRPCError as exc:
-            raise ProtocolError(
-                f"worker {self._client.address} failed the call: {exc.message}"
-            ) from exc
-        except anyio.get_cancelled_exc_class():
-            # The Cancel request that follows must travel behind the reset.
-            self._client._cancelled_on[self._call_id] = self._connection
-            await self.close(reset=True)
+            await _send(self._stream, request, self._client.limits)
+        except BaseException as exc:
+            await self._failed(exc)
+            raise
+
+    async def receive(self) -> Response:
+        """Receive the next whole response. Cancelling this resets the stream."""
+        try:
+            response = await _receive(self._stream, self._assembler)
+        except BaseException as exc:
+            await self._failed(exc)
             raise
         if response is None:
             raise ConnectionLost(f"worker {self._client.address} ended the call without an answer")
         return response
+
+    async def _failed(self, exc: BaseException) -> None:
+        address = self._client.address
+        if isinstance(exc, _TRANSPORT_ERRORS):
+            raise ConnectionLost(f"connection to worker {address} lost: {exc}") from exc
+        if isinstance(exc, GRPCError):
+            raise ProtocolError(f"worker {address} failed the call: {exc.message}") from exc
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            # The Cancel request that follows must travel behind the reset.
+            self._client._cancelled_on[self._call_id] = self._connection
+            await self.close(reset=True)
 
     async def close(self, *, reset: bool = False) -> None:
         """End the call: half-close (the worker then finishes), or reset it (cancels it)."""
@@ -321,18 +380,25 @@ class Service(Protocol):
 class _Handlers:
     """The ``wool.v1.Worker`` service mapping for grpclib."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, limits: Limits) -> None:
         self._service = service
+        self._limits = limits
 
     async def _dispatch(self, stream: grpclib.server.Stream[Request, Response]) -> None:
-        request = await stream.recv_message()
+        assembler = Assembler(self._limits.max_payload)
+        try:
+            request = await _receive(stream, assembler)
+        except ProtocolError as exc:
+            await stream.send_message(_malformed(str(exc)))
+            return
         if request is None:
             return
+        send = functools.partial(_send, stream, limits=self._limits)
         if request.task is not None and request.task.generator:
-            await self._service.stream(request, stream.recv_message, stream.send_message)
+            receive = functools.partial(_receive, stream, assembler)
+            await self._service.stream(request, receive, send)
             return
-        response = await self._service.dispatch(request)
-        await stream.send_message(response)
+        await send(await self._service.dispatch(request))
 
     async def _cancel(self, stream: grpclib.server.Stream[CancelRequest, CancelResponse]) -> None:
         request = await stream.recv_message()
@@ -369,6 +435,10 @@ class _Handlers:
         }
 
 
+def _malformed(detail: str) -> Response:
+    return Response(rejected=Rejected(reason=RejectedReason.MALFORMED, detail=detail))
+
+
 class _GrpcServer(grpclib.server.Server):
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
@@ -388,9 +458,13 @@ class _GrpcServer(grpclib.server.Server):
 class Server:
     """A worker's gRPC server. Start, stop and close it on grpclib's loop."""
 
-    def __init__(self, service: Service, *, keepalive: float | None = None) -> None:
+    def __init__(
+        self, service: Service, *, keepalive: float | None = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self._server = _GrpcServer(
-            [_Handlers(service)], codec=_CODEC, config=_configuration(keepalive)
+            [_Handlers(service, limits)],
+            codec=_Codec(limits.max_message),
+            config=_configuration(keepalive),
         )
         self.port = 0
 

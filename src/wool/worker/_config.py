@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import cloudpickle
 
 from wool.discovery import DiscoveryLike
+from wool.transport import DEFAULT_LIMITS, Limits
 
 __all__ = ["WorkerConfig", "read_config", "write_config"]
 
@@ -37,6 +38,7 @@ class WorkerConfig:
     log_level: int = logging.WARNING
     # The pool's process: when it dies (stdin closes), the worker stops on its own.
     parent_pid: int | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 def write_config(config: WorkerConfig) -> bytes:

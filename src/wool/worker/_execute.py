@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
 from collections import OrderedDict
@@ -15,35 +13,45 @@ import anyio
 from wool._errors import SerializationError
 from wool._serialization import dumps, dumps_exception, loads
 from wool.routine import Routine, call_depth
-from wool.transport import Cancelled, Exhausted, Failure, Response, Step, StepKind, Task
+from wool.transport import DEFAULT_LIMITS, Cancelled, Exhausted, Failure, Limits, Response, Task
 
-__all__ = ["CANCELLED", "GeneratorSession", "execute", "failure"]
+__all__ = ["CANCELLED", "EXHAUSTED", "execute", "failure", "load_call", "pickle_value", "run_in"]
 
 log = logging.getLogger("wool.worker")
 
 #: The answer for a routine cancelled by its caller or by the worker stopping.
 CANCELLED = Response(cancelled=Cancelled(deadline=False))
+#: The answer for a generator that finished (or was closed).
+EXHAUSTED = Response(exhausted=Exhausted())
 
 
-def failure(exc: BaseException) -> Response:
+def failure(exc: BaseException, limits: Limits = DEFAULT_LIMITS) -> Response:
     data, type_name, message, text = dumps_exception(exc)
+    if len(data) > limits.max_payload:
+        data = b""  # the caller still gets its type, message and traceback
     return Response(
         failure=Failure(exception=data, type=type_name, message=message, traceback=text)
     )
 
 
-async def execute(task: Task, scope: anyio.CancelScope) -> Response:
+async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Response:
     """Run the task's routine inside ``scope``, under the caller's deadline."""
 
     async def call() -> Response:
-        run, args, kwargs = _load_call(task)
-        return _answer(task, await run(*args, **kwargs))
+        run, args, kwargs = load_call(task)
+        value = await run(*args, **kwargs)
+        data = pickle_value(task, value, limits, what="the value returned by")
+        return data if isinstance(data, Response) else Response(result=data)
 
-    deadline = None if task.timeout is None else anyio.current_time() + task.timeout
-    return await _run_in(scope, task, deadline, call)
+    return await run_in(scope, task, deadline_of(task), call)
 
 
-async def _run_in(
+def deadline_of(task: Task) -> float | None:
+    """When the caller's deadline passes, on this worker's clock."""
+    return None if task.timeout is None else anyio.current_time() + task.timeout
+
+
+async def run_in(
     scope: anyio.CancelScope,
     task: Task,
     deadline: float | None,
@@ -70,7 +78,7 @@ async def _run_in(
     return CANCELLED
 
 
-def _load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+def load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     try:
         fn = _load_function(task.function)
         args, kwargs = loads(task.arguments)
@@ -97,70 +105,22 @@ def _load_function(data: bytes) -> Any:
     return fn
 
 
-def _answer(task: Task, value: Any, *, yielded: bool = False) -> Response:
-    """The value a routine returned or yielded, pickled for the caller."""
+def pickle_value(task: Task, value: Any, limits: Limits, *, what: str) -> bytes | Response:
+    """``value`` pickled for the caller, or the failure to send instead."""
     try:
         data = dumps(value)
     except Exception as exc:
-        what = "a value yielded by" if yielded else "the value returned by"
         return failure(
             SerializationError(
                 f"{what} {task.routine!r} ({type(value).__name__}) cannot be pickled: {exc}"
             )
         )
-    return Response(item=data) if yielded else Response(result=data)
-
-
-class GeneratorSession:
-    """One async generator routine on a worker, stepped by its caller's Steps.
-
-    Every step runs as an execution of its own on the worker's backend, under the deadline
-    the caller had when the call was made.
-    """
-
-    def __init__(self, task: Task) -> None:
-        self._task = task
-        self._agen: Any = None
-        self._deadline: float | None = None
-        self.finished = False
-
-    @property
-    def started(self) -> bool:
-        return self._agen is not None
-
-    async def step(self, step: Step, scope: anyio.CancelScope) -> Response:
-        task = self._task
-        if task.timeout is not None and self._deadline is None:
-            self._deadline = anyio.current_time() + task.timeout
-        response = await _run_in(scope, task, self._deadline, functools.partial(self._step, step))
-        if response.item is None:
-            self.finished = True
-        return response
-
-    async def _step(self, step: Step) -> Response:
-        if self._agen is None:
-            if step.kind == StepKind.CLOSE:
-                return Response(exhausted=Exhausted())
-            run, args, kwargs = _load_call(self._task)
-            self._agen = run(*args, **kwargs)
-        try:
-            if step.kind == StepKind.CLOSE:
-                await self._agen.aclose()
-                return Response(exhausted=Exhausted())
-            if step.kind == StepKind.THROW:
-                item = await self._agen.athrow(loads(step.value))
-            elif step.kind == StepKind.SEND:
-                item = await self._agen.asend(loads(step.value))
-            else:
-                item = await self._agen.__anext__()
-        except StopAsyncIteration:
-            return Response(exhausted=Exhausted())
-        return _answer(self._task, item, yielded=True)
-
-    async def close(self, scope: anyio.CancelScope) -> Response:
-        """Close the generator (its ``finally`` blocks run); the caller is gone or done."""
-        self.finished = True
-        if self._agen is not None:
-            with scope, contextlib.suppress(Exception):
-                await self._agen.aclose()
-        return CANCELLED
+    if len(data) > limits.max_payload:
+        return failure(
+            SerializationError(
+                f"{what} {task.routine!r} ({type(value).__name__}) pickles to {len(data)} "
+                f"bytes, over the maximum payload size of {limits.max_payload} bytes; "
+                "raise max_payload_size or send less at a time"
+            )
+        )
+    return data

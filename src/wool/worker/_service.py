@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -12,18 +13,21 @@ import anyio
 from wool._errors import WoolError
 from wool.discovery import WorkerMetadata
 from wool.transport import (
+    DEFAULT_LIMITS,
     PROTOCOL_VERSION,
     Execution,
     Executor,
+    Limits,
+    Portal,
     Rejected,
     RejectedReason,
     Request,
     Response,
-    Step,
     Task,
     WorkerInfo,
 )
-from wool.worker._execute import CANCELLED, GeneratorSession, execute, failure
+from wool.worker._execute import CANCELLED, execute, failure
+from wool.worker._stream import GeneratorSession
 
 __all__ = ["WorkerService"]
 
@@ -40,13 +44,16 @@ class WorkerService:
     def __init__(
         self,
         executor: Executor,
+        portal: Portal,
         *,
         default_grace: float,
         on_stop_request: Callable[[float], None],
         concurrency: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-
         self._executor = executor
+        self._portal = portal
+        self.limits = limits
         self._concurrency = concurrency
         self._slots: anyio.Semaphore | None = None
         self._default_grace = default_grace
@@ -67,6 +74,12 @@ class WorkerService:
         task = request.task
         if task is None:
             return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
+        return await self._admit(task, functools.partial(execute, task, self.limits))
+
+    async def _admit(
+        self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]
+    ) -> Response:
+        """Run a task the worker accepts, or answer why it refuses it."""
         refused = self._refusal(task)
         if refused is not None:
             return refused
@@ -76,8 +89,8 @@ class WorkerService:
             async with self._slots:
                 if self._stopping:  # the worker began to stop while the call waited
                     return _rejected(RejectedReason.STOPPING, "the worker is stopping")
-                return await self._run(task)
-        return await self._run(task)
+                return await self._execute(task, run)
+        return await self._execute(task, run)
 
     def _refusal(self, task: Task) -> Response | None:
         """The answer for a task that must not start, or None."""
@@ -99,9 +112,6 @@ class WorkerService:
             return _rejected(RejectedReason.MALFORMED, f"call id {task.id!r} is already running")
         return None
 
-    async def _run(self, task: Task) -> Response:
-        return await self._execute(task, functools.partial(execute, task))
-
     async def stream(
         self,
         request: Request,
@@ -110,27 +120,15 @@ class WorkerService:
     ) -> None:
         task = request.task
         assert task is not None
-        first = self._refusal(task)
-        if first is not None:
-            await send(first)
-            return
-        session = GeneratorSession(task)
-        try:
-            while not session.finished:
-                message = await receive()
-                if message is None or message.step is None:
-                    break  # the caller half-closed: it is done with the generator
-                response = await self._run_step(task, session, message.step)
-                await send(response)
-        finally:
-            if session.started and not session.finished:
-                # The caller left (closed, cancelled or vanished): close the generator so
-                # its finally blocks run and what it holds is released.
-                with anyio.CancelScope(shield=True):
-                    await self._execute(task, session.close)
-
-    async def _run_step(self, task: Task, session: GeneratorSession, step: Step) -> Response:
-        return await self._execute(task, functools.partial(session.step, step))
+        session = GeneratorSession(
+            task,
+            self.limits,
+            functools.partial(self._portal.run, receive),
+            functools.partial(self._portal.run, send),
+        )
+        final = await self._admit(task, session.run)
+        with contextlib.suppress(Exception):  # the caller may be gone
+            await send(final)
 
     async def _execute(
         self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]

@@ -15,7 +15,7 @@ from wool._errors import WoolError
 from wool.discovery import WorkerMetadata
 from wool.pool._proxy import open_proxy
 from wool.routine import set_process_dispatcher
-from wool.transport import Executor, Portal, Server
+from wool.transport import Executor, Limits, Portal, Server
 from wool.worker._config import WorkerConfig
 from wool.worker._service import WorkerService
 
@@ -48,11 +48,13 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
 
     service = WorkerService(
         executor,
+        portal,
         default_grace=config.grace,
         on_stop_request=request_stop,
         concurrency=config.concurrency,
+        limits=config.limits,
     )
-    server = await portal.run(_new_server, service, config.keepalive)
+    server = await portal.run(_new_server, service, config.keepalive, config.limits)
     try:
         port = await portal.run(server.start, config.host, config.port)
     except OSError as exc:
@@ -80,6 +82,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
                     config.discovery,
                     grace=config.grace,
                     keepalive=config.keepalive,
+                    limits=config.limits,
                     wait_for_workers=config.wait_for_workers,
                     filter=lambda w: config.tags <= w.tags,
                     description=f"the pool of worker {config.id}",
@@ -113,5 +116,5 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
     log.info("worker %s stopped", config.id)
 
 
-async def _new_server(service: WorkerService, keepalive: float | None) -> Server:
-    return Server(service, keepalive=keepalive)
+async def _new_server(service: WorkerService, keepalive: float | None, limits: Limits) -> Server:
+    return Server(service, keepalive=keepalive, limits=limits)

@@ -7,9 +7,11 @@ __all__ = (
     "CancelRequest",
     "CancelResponse",
     "Cancelled",
+    "Chunk",
     "Exhausted",
     "Failure",
     "InfoRequest",
+    "Items",
     "Rejected",
     "RejectedReason",
     "Request",
@@ -127,6 +129,18 @@ default_message_pool.register_message("wool.v1", "CancelResponse", CancelRespons
 
 
 @dataclass(eq=False, repr=False)
+class Chunk(betterproto2.Message):
+    """
+    Leading part of the payload of the next non-Chunk message.
+    """
+
+    data: "bytes" = betterproto2.field(1, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("wool.v1", "Chunk", Chunk)
+
+
+@dataclass(eq=False, repr=False)
 class Exhausted(betterproto2.Message):
     pass
 
@@ -164,6 +178,14 @@ default_message_pool.register_message("wool.v1", "InfoRequest", InfoRequest)
 
 
 @dataclass(eq=False, repr=False)
+class Items(betterproto2.Message):
+    values: "list[bytes]" = betterproto2.field(1, betterproto2.TYPE_BYTES, repeated=True)
+
+
+default_message_pool.register_message("wool.v1", "Items", Items)
+
+
+@dataclass(eq=False, repr=False)
 class Rejected(betterproto2.Message):
     reason: "RejectedReason" = betterproto2.field(
         1, betterproto2.TYPE_ENUM, default_factory=lambda: RejectedReason(0)
@@ -190,6 +212,10 @@ class Request(betterproto2.Message):
 
     step: "Step | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True, group="body"
+    )
+
+    chunk: "Chunk | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True, group="body"
     )
 
 
@@ -223,7 +249,7 @@ class Response(betterproto2.Message):
         3, betterproto2.TYPE_BYTES, optional=True, group="body"
     )
     """
-    The generator yielded: cloudpickle of the item.
+    The generator yielded, answering a SEND or THROW: cloudpickle of the item.
     """
 
     exhausted: "Exhausted | None" = betterproto2.field(
@@ -247,6 +273,20 @@ class Response(betterproto2.Message):
     The task never started.
     """
 
+    items: "Items | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True, group="body"
+    )
+    """
+    The generator yielded these items (cloudpickles), in order, for granted NEXTs.
+    """
+
+    chunk: "Chunk | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True, group="body"
+    )
+    """
+    Leading part of the payload of the next non-Chunk Response.
+    """
+
 
 default_message_pool.register_message("wool.v1", "Response", Response)
 
@@ -255,6 +295,14 @@ default_message_pool.register_message("wool.v1", "Response", Response)
 class Step(betterproto2.Message):
     """
     Drives an async generator routine.
+
+    NEXT grants the worker `count` more items: it runs the generator that many
+    steps (resuming it with None) and sends the items in Items messages as they
+    come, without waiting for further requests. SEND, THROW and CLOSE are exact:
+    the worker applies them before its next step, answers SEND and THROW with
+    one `item` Response (or the final one), and CLOSE with `exhausted` once the
+    generator's finally blocks have run. Items sent before that answer were
+    produced before the step took effect.
     """
 
     kind: "StepKind" = betterproto2.field(
@@ -264,6 +312,11 @@ class Step(betterproto2.Message):
     value: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
     """
     cloudpickle of the value sent (SEND) or the exception thrown (THROW).
+    """
+
+    count: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Items granted by a NEXT.
     """
 
 
@@ -331,7 +384,7 @@ class Task(betterproto2.Message):
 
     prefetch: "int" = betterproto2.field(8, betterproto2.TYPE_UINT32)
     """
-    Items a generator may run ahead of the caller's requests.
+    Reserved: read-ahead is granted by Step.count.
     """
 
     caller: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
