@@ -18,7 +18,14 @@ import anyio.lowlevel
 import pytest
 
 import wool
-from wool.transport import PROTOCOL_VERSION, RejectedReason, Request, Task, asyncio_executor
+from wool.transport import (
+    PROTOCOL_VERSION,
+    RejectedReason,
+    Request,
+    Task,
+    asyncio_executor,
+    portal_for_host,
+)
 from wool.worker._service import WorkerService
 
 from .routines import (
@@ -167,9 +174,13 @@ async def test_a_call_that_arrives_after_its_deadline_never_starts() -> None:
 
     executor = asyncio_executor()
     executor.start = never_run  # type: ignore[method-assign]
-    service = WorkerService(executor, default_grace=1, on_stop_request=lambda _: None)
+    portal = portal_for_host()
+    service = WorkerService(executor, portal, default_grace=1, on_stop_request=lambda _: None)
     task = Task(version=PROTOCOL_VERSION, id="late", timeout=0.0, grace=1.0)
-    response = await service.dispatch(Request(task=task))
+    try:
+        response = await service.dispatch(Request(task=task))
+    finally:
+        portal.close()
     assert response.rejected is not None
     assert response.rejected.reason == RejectedReason.EXPIRED
 

@@ -475,7 +475,12 @@ class RemoteGenerator:
             if kind == StepKind.THROW:
                 _raise_remote(value)
             return True, None
-        await self._send(Step(kind=kind, value=b"" if kind == StepKind.CLOSE else _dumps_value(value, self._proxy.limits)))
+        await self._send(
+            Step(
+                kind=kind,
+                value=b"" if kind == StepKind.CLOSE else _dumps_value(value, self._proxy.limits),
+            )
+        )
         while True:
             response = await self._receive()
             if response.items is not None:

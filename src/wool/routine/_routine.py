@@ -172,9 +172,7 @@ def routine(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, Coroutine
 
 
 @overload
-def routine(
-    *, grace: float | None = None, prefetch: int = DEFAULT_PREFETCH
-) -> _Decorator: ...
+def routine(*, grace: float | None = None, prefetch: int = DEFAULT_PREFETCH) -> _Decorator: ...
 
 
 def routine(

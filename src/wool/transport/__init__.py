@@ -38,8 +38,8 @@ from wool.transport._protocol.wool.v1 import (
 )
 
 __all__ = [
-    "PROTOCOL_VERSION",
     "DEFAULT_LIMITS",
+    "PROTOCOL_VERSION",
     "CallStream",
     "Cancelled",
     "Client",

@@ -368,6 +368,9 @@ def trio_executor(spawn: Callable[..., None]) -> Executor:
     return _TrioExecutor(trio.lowlevel.current_trio_token(), spawn)
 
 
+_DIRECT_WRITE = 64 * 1024
+
+
 class CoalescingTransport(asyncio.Transport):
     """Sends what grpclib writes during one loop iteration in a single system call.
 
@@ -384,6 +387,13 @@ class CoalescingTransport(asyncio.Transport):
         self._pending: list[bytes] = []
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if len(data) >= _DIRECT_WRITE:
+            # Large writes (payload frames) go out as they are: copying them costs more
+            # than the system call saved.
+            self._flush()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+            return
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(bytes(data))

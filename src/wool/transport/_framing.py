@@ -8,7 +8,7 @@ parts, immediately followed by the message itself carrying the last part.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from wool._errors import ProtocolError
 from wool.transport._protocol.wool.v1 import Chunk, Request, Response
@@ -35,7 +35,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.max_message < 1024:
-            raise ValueError(f"max_message_size must be at least 1024 bytes, got {self.max_message}")
+            raise ValueError(
+                f"max_message_size must be at least 1024 bytes, got {self.max_message}"
+            )
         if self.max_payload < 1:
             raise ValueError(f"max_payload_size must be a positive size, got {self.max_payload}")
 
@@ -78,7 +80,7 @@ def _set_payload(message: Request | Response, data: bytes) -> None:
         message.failure.exception = data
 
 
-def split(message: M, max_message: int) -> list[M]:
+def split(message: Request | Response, max_message: int) -> list[Request | Response]:
     """The messages that carry ``message``: Chunks of its payload, then itself.
 
     ``message`` is changed in place when its payload is split.
@@ -97,12 +99,71 @@ def split(message: M, max_message: int) -> list[M]:
     head = len(data) - min(room, len(data))
     view = memoryview(data)
     kind = type(message)
-    messages: list[M] = [
-        kind(chunk=Chunk(data=bytes(view[i : min(i + part, head)]))) for i in range(0, head, part)
+    # Chunks hold views of the payload: encode_chunk copies each once, into its frame.
+    messages: list[Request | Response] = [
+        kind(chunk=Chunk(data=cast(bytes, view[i : min(i + part, head)])))
+        for i in range(0, head, part)
     ]
     _set_payload(message, bytes(view[head:]))
     messages.append(message)
     return messages
+
+
+# Chunk messages are the bulk of a large payload's bytes, and betterproto copies a bytes
+# field several times on the way in and out: they are encoded and decoded here, with one
+# copy out and none in. Wire format: the body's field tag, a length, then Chunk's field 1.
+_CHUNK_TAGS: dict[type, int] = {Request: 3 << 3 | 2, Response: 8 << 3 | 2}
+_DATA_TAG = 1 << 3 | 2
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: memoryview, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def encode_chunk(message: Request | Response) -> bytes | None:
+    """The wire form of a Chunk message, or None for any other message."""
+    chunk = message.chunk
+    if chunk is None:
+        return None
+    inner = _varint(len(chunk.data))
+    head = bytes([_CHUNK_TAGS[type(message)]]) + _varint(1 + len(inner) + len(chunk.data))
+    return b"".join((head, bytes([_DATA_TAG]), inner, chunk.data))
+
+
+def decode_chunk(data: bytes, message_type: type) -> Any:
+    """The Chunk message ``data`` encodes (its payload a view of ``data``), or None."""
+    tag = _CHUNK_TAGS.get(message_type)
+    if tag is None or not data or data[0] != tag:
+        return None
+    view = memoryview(data)
+    try:
+        length, at = _read_varint(view, 1)
+        if at + length != len(view) or view[at] != _DATA_TAG:
+            return None
+        size, start = _read_varint(view, at + 1)
+        if start + size != len(view):
+            return None
+    except (IndexError, ValueError):
+        return None
+    return message_type(chunk=Chunk(data=cast(bytes, view[start:])))
 
 
 class Assembler:
@@ -124,7 +185,9 @@ class Assembler:
         if self._parts:
             last = payload(message)
             if last is None:
-                raise ProtocolError(f"chunks were followed by a {type(message).__name__} with no payload")
+                raise ProtocolError(
+                    f"chunks were followed by a {type(message).__name__} with no payload"
+                )
             self._check(self._size + len(last))
             self._parts.append(last)
             _set_payload(message, b"".join(self._parts))

@@ -10,7 +10,7 @@ import contextlib
 import functools
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import anyio
@@ -23,11 +23,20 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as H2ProtocolError
 from grpclib.protocol import H2Protocol
 from h2.exceptions import H2Error
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
+from hyperframe.frame import DataFrame, Frame
 
 from wool._errors import ProtocolError
 from wool.transport._bridge import CoalescingTransport, ConnectionLost, Unreachable
-from wool.transport._framing import DEFAULT_LIMITS, Assembler, Limits, split
+from wool.transport._framing import (
+    DEFAULT_LIMITS,
+    Assembler,
+    Limits,
+    decode_chunk,
+    encode_chunk,
+    split,
+)
 from wool.transport._protocol.wool.v1 import (
     CancelRequest,
     CancelResponse,
@@ -57,13 +66,51 @@ _MAX_CONCURRENT_STREAMS = 2**31 - 1
 _TRANSPORT_ERRORS = (StreamTerminatedError, H2ProtocolError, H2Error, ConnectionError, OSError)
 
 
+# Large frames: a chunk of a payload crosses in a few frames instead of hundreds of 16 KiB
+# ones, each of which h2 parses, copies and (see _QuietFrames) describes.
+_MAX_FRAME_SIZE = 1024 * 1024
+
+
+class _QuietDataFrame(DataFrame):
+    def _body_repr(self) -> str:
+        return f"data=<{len(self.data)} bytes>"
+
+
+class _QuietFrames(FrameBuffer):
+    """h2 builds ``repr(frame)`` of every frame it receives, for a log call that discards
+    it; a DATA frame's repr hex-encodes the whole payload first. Received DATA frames get
+    a repr that does not."""
+
+    def __next__(self) -> Frame:
+        frame = super().__next__()
+        if type(frame) is DataFrame:
+            frame.__class__ = _QuietDataFrame
+        return frame
+
+
+def _tune(protocol: H2Protocol, settings: dict[int, int]) -> None:
+    """Set up a new connection: larger frames, quiet DATA frames, and ``settings``."""
+    h2 = protocol.connection._connection
+    old = h2.incoming_buffer
+    quiet = _QuietFrames(server=not h2.config.client_side)
+    quiet.__dict__.update(old.__dict__)
+    h2.incoming_buffer = quiet
+    table = h2._frame_dispatch_table  # pyright: ignore[reportPrivateUsage]
+    table[_QuietDataFrame] = table[DataFrame]
+    h2.update_settings({SettingCodes.MAX_FRAME_SIZE: _MAX_FRAME_SIZE, **settings})
+    protocol.connection.flush()
+
+
 class _Channel(grpclib.client.Channel):
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
         connection_made = protocol.connection_made
-        protocol.connection_made = lambda transport: connection_made(  # type: ignore[method-assign]
-            CoalescingTransport(transport)
-        )
+
+        def setup(transport: Any) -> None:
+            connection_made(CoalescingTransport(transport))
+            _tune(protocol, {})
+
+        protocol.connection_made = setup  # type: ignore[method-assign]
         return protocol
 
 
@@ -74,7 +121,7 @@ class _Codec(CodecBase):
         self._max_message = max_message
 
     def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message)
+        return encode_chunk(message) or bytes(message)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if len(data) > self._max_message:
@@ -83,7 +130,7 @@ class _Codec(CodecBase):
                 f"of {self._max_message} bytes here; give callers and workers the same "
                 "max_message_size"
             )
-        return message_type.parse(data)
+        return decode_chunk(data, message_type) or message_type.parse(data)
 
 
 async def _send(
@@ -117,12 +164,23 @@ async def _receive(
             return whole
 
 
+# Bytes a peer may send before it waits for us to read them: the bound on what one call
+# (or all calls of a connection) can buffer here when its reader is slow.
+_STREAM_WINDOW = 8 * 1024 * 1024
+_CONNECTION_WINDOW = 32 * 1024 * 1024
+
+
 def _configuration(keepalive: float | None) -> Configuration:
     """HTTP/2 pings every ``keepalive`` seconds while calls are open; a peer that has not
     answered one within another ``keepalive`` seconds is taken for gone."""
+    windows = {
+        "http2_connection_window_size": _CONNECTION_WINDOW,
+        "http2_stream_window_size": _STREAM_WINDOW,
+    }
     if keepalive is None:
-        return Configuration()
+        return Configuration(**windows)
     return Configuration(
+        **windows,
         _keepalive_time=keepalive,
         _keepalive_timeout=keepalive,
         _http2_max_pings_without_data=0,
@@ -364,10 +422,10 @@ class Service(Protocol):
     async def stream(
         self,
         request: Request,
-        receive: Callable[[], Awaitable[Request | None]],
-        send: Callable[[Response], Awaitable[None]],
+        receive: Callable[[], Coroutine[Any, Any, Request | None]],
+        send: Callable[[Response], Coroutine[Any, Any, None]],
     ) -> None:
-        """A generator call: answer each Step received with one Response."""
+        """A generator call: Steps come through ``receive``, Responses go through ``send``."""
         ...
 
     async def cancel(self, call_id: str) -> bool: ...
@@ -446,10 +504,7 @@ class _GrpcServer(grpclib.server.Server):
 
         def setup(transport: Any) -> None:
             connection_made(CoalescingTransport(transport))
-            protocol.connection._connection.update_settings(
-                {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS}
-            )
-            protocol.connection.flush()
+            _tune(protocol, {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS})
 
         protocol.connection_made = setup  # type: ignore[method-assign]
         return protocol

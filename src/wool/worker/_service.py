@@ -6,7 +6,8 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio
 
@@ -115,17 +116,21 @@ class WorkerService:
     async def stream(
         self,
         request: Request,
-        receive: Callable[[], Awaitable[Request | None]],
-        send: Callable[[Response], Awaitable[None]],
+        receive: Callable[[], Coroutine[Any, Any, Request | None]],
+        send: Callable[[Response], Coroutine[Any, Any, None]],
     ) -> None:
         task = request.task
         assert task is not None
-        session = GeneratorSession(
-            task,
-            self.limits,
-            functools.partial(self._portal.run, receive),
-            functools.partial(self._portal.run, send),
-        )
+        portal = self._portal
+
+        # The session calls these from the worker's backend; the stream lives on grpclib's loop.
+        async def receive_step() -> Request | None:
+            return await portal.run(receive)
+
+        async def send_answer(response: Response) -> None:
+            await portal.run(send, response)
+
+        session = GeneratorSession(task, self.limits, receive_step, send_answer)
         final = await self._admit(task, session.run)
         with contextlib.suppress(Exception):  # the caller may be gone
             await send(final)
