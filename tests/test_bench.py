@@ -56,7 +56,7 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
     report = json.loads(lines[-1])
 
     sections = {"floor", "grpclib", "asyncio", "trio", "cancel", "worker_loss", "targets"}
-    sections |= {"targets_met"}
+    sections |= {"targets_met", "stream", "echo"}
     assert sections | {"targets_relative", "targets_relative_met"} <= set(report)
     assert report["quick"] is True
 
@@ -115,10 +115,51 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
         _positive_numbers(stats, f"worker_loss.{backend}")
         assert stats["median_ms"] <= stats["max_ms"], (backend, stats)
 
+    # Generator streaming: items/s of `async for` over one generator call, per caller.
+    stream = dict(report["stream"])
+    assert stream.pop("items") == 100_000
+    assert stream.pop("runs") == 1
+    assert stream.pop("warmup_items") >= 1
+    assert stream.pop("pool_size") == 2
+    assert set(stream) == {"asyncio", "trio"}
+    for backend in ("asyncio", "trio"):
+        stats = stream[backend]
+        assert set(stats) == {"items_per_s", "items_per_s_max", "pool_start_s"}, backend
+        _positive_numbers(stats, f"stream.{backend}")
+        assert stats["items_per_s"] <= stats["items_per_s_max"], (backend, stats)
+
+    # Large payloads: wool's echo and the raw-socket floor's, in MB/s, per payload size.
+    echo = dict(report["echo"])
+    assert echo.pop("warmup") >= 1
+    assert echo.pop("pool_size") == 2
+    assert set(echo) == {"10MB", "100MB"}
+    for name, size, runs in (("10MB", 10_000_000, 3), ("100MB", 100_000_000, 1)):
+        stats = echo[name]
+        assert set(stats) == {
+            "bytes",
+            "runs",
+            "wool_median_s",
+            "wool_mb_per_s",
+            "floor_median_s",
+            "floor_mb_per_s",
+            "mb_per_s_ratio",
+        }, name
+        _positive_numbers(stats, f"echo.{name}")
+        assert (stats["bytes"], stats["runs"]) == (size, runs), (name, stats)
+        assert stats["wool_mb_per_s"] == pytest.approx(
+            size / stats["wool_median_s"] / 1e6, rel=2e-3, abs=0.1
+        ), (name, stats)
+        assert stats["mb_per_s_ratio"] == pytest.approx(
+            stats["wool_mb_per_s"] / stats["floor_mb_per_s"], rel=2e-3, abs=1e-3
+        ), (name, stats)
+
     targets = report["targets"]
     _positive_numbers(targets, "targets")
     assert targets["cancel_median_ms_max"] == 2.0
     assert targets["worker_loss_ms_max"] == 100.0
+    assert targets["stream_asyncio_items_per_s_min"] == 20_000.0
+    assert targets["stream_trio_items_per_s_min"] == 20_000.0
+    assert targets["echo_10MB_mb_per_s_min"] == 300.0
     met = report["targets_met"]
     assert set(met) == {
         "asyncio_latency_median",
@@ -129,6 +170,9 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
         "cancel_trio",
         "worker_loss_asyncio",
         "worker_loss_trio",
+        "stream_asyncio",
+        "stream_trio",
+        "echo_10MB",
     }
     assert all(isinstance(v, bool) for v in met.values()), met
 
@@ -189,3 +233,33 @@ def test_original_script_refuses_this_wool(tmp_path: Path) -> None:
     assert finished.returncode != 0, finished.describe()
     assert "not the original 0.15.7" in finished.stderr, finished.describe()
     assert finished.stdout == "", finished.describe()
+
+
+def test_stream_and_echo_targets() -> None:
+    bench = _bench_module()
+    targets = bench._targets()
+    figures = {"latency_median_ms": 1.0, "throughput_calls_per_s": 1.0}
+    failures = {"median_ms": 1.0, "max_ms": 1.0}
+    stream = {"asyncio": {"items_per_s": 20_000.0}, "trio": {"items_per_s": 19_999.9}}
+    echo = {"10MB": {"wool_mb_per_s": 300.0}, "100MB": {"wool_mb_per_s": 1.0}}
+    met = bench._targets_met(
+        targets,
+        figures,
+        figures,
+        {"asyncio": failures, "trio": failures},
+        {"asyncio": failures, "trio": failures},
+        stream,
+        echo,
+    )
+    assert (met["stream_asyncio"], met["stream_trio"], met["echo_10MB"]) == (True, False, True)
+    echo["10MB"]["wool_mb_per_s"] = 299.9
+    met = bench._targets_met(
+        targets,
+        figures,
+        figures,
+        {"asyncio": failures, "trio": failures},
+        {"asyncio": failures, "trio": failures},
+        stream,
+        echo,
+    )
+    assert met["echo_10MB"] is False

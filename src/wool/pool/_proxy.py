@@ -469,12 +469,7 @@ class RemoteGenerator:
         self._buffer.clear()  # items read ahead past the point this step applies at
         self._granted = 0
         if self._final is not None:
-            # The generator ran to its end ahead of the caller; nothing is left to apply
-            # the step to. A thrown exception propagates, as it would from a generator that
-            # does not catch it.
-            if kind == StepKind.THROW:
-                _raise_remote(value)
-            return True, None
+            return self._too_late(kind, value)
         await self._send(
             Step(
                 kind=kind,
@@ -488,7 +483,17 @@ class RemoteGenerator:
             if response.item is not None:
                 return False, self._load(response.item)
             self._final = response
+            if self._window and response.exhausted is not None:
+                # Exhausted while reading ahead, before the step arrived.
+                return self._too_late(kind, value)
             return await self._conclude(response)
+
+    def _too_late(self, kind: StepKind, value: Any) -> tuple[bool, Any]:
+        """A step for a generator that ran to its end ahead of the caller: a thrown
+        exception propagates, as it would from a generator that does not catch it."""
+        if kind == StepKind.THROW:
+            _raise_remote(value)
+        return True, None
 
     async def close(self) -> None:
         """Close the remote generator; returns once its ``finally`` blocks have run."""

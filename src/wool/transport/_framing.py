@@ -138,11 +138,11 @@ def _read_varint(data: memoryview, at: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def encode_chunk(message: Request | Response) -> bytes | None:
+def encode_chunk(message: object) -> bytes | None:
     """The wire form of a Chunk message, or None for any other message."""
-    chunk = message.chunk
-    if chunk is None:
+    if not isinstance(message, (Request, Response)) or message.chunk is None:
         return None
+    chunk = message.chunk
     inner = _varint(len(chunk.data))
     head = bytes([_CHUNK_TAGS[type(message)]]) + _varint(1 + len(inner) + len(chunk.data))
     return b"".join((head, bytes([_DATA_TAG]), inner, chunk.data))

@@ -173,14 +173,14 @@ _CONNECTION_WINDOW = 32 * 1024 * 1024
 def _configuration(keepalive: float | None) -> Configuration:
     """HTTP/2 pings every ``keepalive`` seconds while calls are open; a peer that has not
     answered one within another ``keepalive`` seconds is taken for gone."""
-    windows = {
-        "http2_connection_window_size": _CONNECTION_WINDOW,
-        "http2_stream_window_size": _STREAM_WINDOW,
-    }
     if keepalive is None:
-        return Configuration(**windows)
+        return Configuration(
+            http2_connection_window_size=_CONNECTION_WINDOW,
+            http2_stream_window_size=_STREAM_WINDOW,
+        )
     return Configuration(
-        **windows,
+        http2_connection_window_size=_CONNECTION_WINDOW,
+        http2_stream_window_size=_STREAM_WINDOW,
         _keepalive_time=keepalive,
         _keepalive_timeout=keepalive,
         _http2_max_pings_without_data=0,

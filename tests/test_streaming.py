@@ -1,0 +1,262 @@
+"""Read-ahead, flow control and large payloads of routines, end to end on both backends."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import anyio
+import pytest
+
+import wool
+from wool.transport._framing import Assembler, Limits, split
+from wool.transport._grpc import _Codec  # pyright: ignore[reportPrivateUsage]
+from wool.transport._protocol.wool.v1 import Chunk, Request, Response, Task
+
+from .stream_routines import (
+    accumulate,
+    counted,
+    counted_lockstep,
+    countdown,
+    echo,
+    echo_sends,
+    make_bytes,
+    payloads,
+    pid,
+    small_items,
+    stuck_after_first,
+)
+from .test_generators import Op, play
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+
+
+def produced(path: Path) -> int:
+    return int(path.read_text() or 0) if path.exists() else 0
+
+
+async def wait_for_count(path: Path, count: int, timeout: float = 10) -> None:
+    with anyio.fail_after(timeout):
+        while produced(path) < count:
+            await anyio.sleep(0.01)
+
+
+# Read-ahead
+
+
+async def test_iteration_reads_ahead_up_to_the_window(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with wool.WorkerPool(size=1):
+        gen = counted(100, str(count))
+        assert await gen.__anext__() == 0
+        await wait_for_count(count, 5)  # the item asked for and a window of 4
+        await anyio.sleep(0.3)
+        assert produced(count) == 5
+        assert [await gen.__anext__() for _ in range(4)] == [1, 2, 3, 4]
+        await wait_for_count(count, 5 + 2)  # topped up once half the window was used
+        await gen.aclose()
+
+
+async def test_prefetch_zero_steps_in_lock_step(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with wool.WorkerPool(size=1):
+        gen = counted_lockstep(100, str(count))
+        assert await gen.__anext__() == 0
+        await anyio.sleep(0.3)
+        assert produced(count) == 1
+        assert await gen.__anext__() == 1
+        await anyio.sleep(0.3)
+        assert produced(count) == 2
+        await gen.aclose()
+
+
+async def test_a_generator_that_takes_sends_never_runs_ahead(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with wool.WorkerPool(size=1):
+        gen = accumulate(str(count))
+        assert await gen.__anext__() == 0
+        steps = 1
+        for value, total in [(5, 5), (10, 15), (1, 16)]:
+            await anyio.sleep(0.2)
+            assert produced(count) == steps  # nothing ran ahead of the send
+            assert await gen.asend(value) == total
+            steps += 1
+        await gen.aclose()
+
+
+READ_AHEAD_SCRIPTS: dict[str, list[Op]] = {
+    "iterate past the end": [("anext",)] * 6,
+    "sends are ignored": [("anext",), ("asend", "x"), ("asend", None), ("anext",)],
+    "throw after reading ahead": [("anext",), ("athrow", ValueError("v")), ("anext",)],
+    "close after reading ahead": [("anext",), ("anext",), ("aclose",), ("anext",)],
+    "throw after the end was read ahead": [
+        ("anext",),
+        ("anext",),
+        ("anext",),
+        ("anext",),
+        ("athrow", KeyError("k")),
+        ("anext",),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(READ_AHEAD_SCRIPTS))
+async def test_a_read_ahead_generator_matches_the_local_one(name: str, tmp_path: Path) -> None:
+    script = READ_AHEAD_SCRIPTS[name]
+    local_marker, remote_marker = tmp_path / "local", tmp_path / "remote"
+    local = await play(countdown.__wrapped__(4, str(local_marker)), script)  # type: ignore[attr-defined]
+    async with wool.WorkerPool(size=1):
+        remote = await play(countdown(4, str(remote_marker)), script)
+        with anyio.fail_after(5):  # the remote finally runs on close or exhaustion
+            while not remote_marker.exists():
+                await anyio.sleep(0.01)
+    assert remote == local
+    assert remote_marker.read_text() == local_marker.read_text() == "finally;"
+
+
+async def test_closing_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:
+    marker = tmp_path / "m"
+    async with wool.WorkerPool(size=1):
+        with anyio.fail_after(5):
+            async with contextlib.aclosing(stuck_after_first(str(marker))) as gen:
+                assert await gen.__anext__() == 1
+                await anyio.sleep(0.1)  # the worker is now stuck in the next step
+        # aclose() returned after the remote finally ran, without waiting out the sleep
+        assert marker.read_text() == "finally"
+
+
+async def test_break_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:
+    marker = tmp_path / "m"
+    async with wool.WorkerPool(size=1):
+        with anyio.fail_after(5):
+            async for item in stuck_after_first(str(marker)):
+                assert item == 1
+                break
+            while not marker.exists():
+                await anyio.sleep(0.01)
+        assert marker.read_text() == "finally"
+
+
+async def test_read_ahead_on_a_trio_worker(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with wool.WorkerPool(size=1, backend="trio"):
+        gen = counted(100, str(count))
+        assert await gen.__anext__() == 0
+        await wait_for_count(count, 5)
+        assert [item async for item in gen] == list(range(1, 100))
+
+
+# Flow control
+
+
+def rss(process_id: int) -> int:
+    """Resident memory of a process, in bytes."""
+    for line in Path(f"/proc/{process_id}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_slow_consumer_keeps_memory_flat_on_both_ends() -> None:
+    import os
+
+    n = 1_000_000
+    samples: list[tuple[int, int]] = []
+    async with wool.WorkerPool(size=1):
+        worker = await pid()
+        received = 0
+        async for item in small_items(n):
+            assert len(item) == 96
+            received += 1
+            if received % 100_000 == 0:
+                await anyio.sleep(0.3)  # a consumer that stalls: the worker must wait
+                samples.append((rss(worker), rss(os.getpid())))
+    assert received == n
+    # Unbounded buffering of ~100-byte items would add over 100 MB on one end.
+    worker_growth = max(w for w, _ in samples[1:]) - samples[0][0]
+    caller_growth = max(c for _, c in samples[1:]) - samples[0][1]
+    assert worker_growth < 20 * MiB, samples
+    assert caller_growth < 20 * MiB, samples
+
+
+# Large payloads
+
+
+async def test_large_values_travel_in_chunks_both_ways() -> None:
+    data = bytes(range(256)) * (24 * MiB // 256)
+    # Both ends refuse any message over 1 MiB: this passes only if payloads are chunked.
+    async with wool.WorkerPool(size=1, max_message_size=MiB):
+        assert await echo(data) == data
+        assert await make_bytes(5 * MiB) == b"y" * (5 * MiB)
+        items = [item async for item in payloads(3, 3 * MiB)]
+        assert items == [bytes([i]) * (3 * MiB) for i in range(3)]
+        gen = echo_sends(0)
+        assert await gen.__anext__() == 0
+        assert await gen.asend(data) == len(data)
+        await gen.aclose()
+
+
+async def test_an_argument_over_the_limit_is_refused_before_sending() -> None:
+    async with wool.WorkerPool(size=1, max_payload_size=MiB):
+        with pytest.raises(wool.SerializationError) as caught:
+            await echo(b"x" * (2 * MiB))
+        message = str(caught.value)
+        assert "over the maximum payload size of 1048576 bytes" in message
+        assert "pickle to 20971" in message  # the size, stated
+        assert await echo(b"still serving") == b"still serving"
+
+
+async def test_a_result_or_item_over_the_limit_fails_the_call_only() -> None:
+    async with wool.WorkerPool(size=1, max_payload_size=MiB):
+        with pytest.raises(wool.SerializationError, match="over the maximum payload size"):
+            await make_bytes(2 * MiB)
+        gen = payloads(2, 2 * MiB)
+        with pytest.raises(wool.SerializationError, match="a value yielded by"):
+            await gen.__anext__()
+        gen_sends = echo_sends(0)
+        await gen_sends.__anext__()
+        with pytest.raises(wool.SerializationError, match="value sent"):
+            await gen_sends.asend(b"z" * (2 * MiB))
+        await gen_sends.aclose()
+        assert await echo(b"still serving") == b"still serving"
+
+
+def test_the_default_limits_allow_a_gibibyte_in_4_mib_messages() -> None:
+    pool = wool.WorkerPool(size=1)
+    assert pool.limits.max_payload >= 1024 * MiB
+    assert pool.limits.max_message == 4 * MiB
+
+
+def test_no_message_of_a_split_payload_exceeds_the_maximum() -> None:
+    payload = bytes(range(256)) * 40_000
+    request = Request(task=Task(routine="r", function=b"f" * 100, arguments=payload))
+    messages = split(request, 64 * 1024)
+    assert len(messages) > 100
+    assert all(len(bytes(m)) <= 64 * 1024 for m in messages)
+    assembler = Assembler(len(payload))
+    codec = _Codec(64 * 1024)
+    wholes = [
+        assembler.add(codec.decode(codec.encode(m, Request), Request)) for m in messages
+    ]
+    assert wholes[:-1] == [None] * (len(messages) - 1)
+    whole = wholes[-1]
+    assert whole is not None and whole.task is not None
+    assert whole.task.arguments == payload and whole.task.routine == "r"
+
+
+def test_receivers_refuse_oversized_messages_and_payloads() -> None:
+    with pytest.raises(wool.ProtocolError, match="over the maximum message size"):
+        _Codec(1024).decode(b"x" * 2048, Response)
+    assembler = Assembler(max_payload=100)
+    assembler.add(Response(chunk=Chunk(data=b"x" * 60)))
+    with pytest.raises(wool.ProtocolError, match="maximum payload size"):
+        assembler.add(Response(chunk=Chunk(data=b"x" * 60)))
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_message_size"):
+        Limits(max_message=10)
+    with pytest.raises(ValueError, match="max_payload_size"):
+        wool.WorkerPool(size=1, max_payload_size=0)
