@@ -44,12 +44,31 @@ concurrency across processes costs when something goes wrong:
   ``wool.WorkerLost`` in the caller (both moments in the caller, so ``time.perf_counter()``).
   The pool replaces the dead worker; the next sample waits until it has.
 
+Two more phases, on a fresh ``wool.WorkerPool(size=2)`` each, measure bulk data:
+
+- generator streaming (``stream``): items/s of ``async for`` over one call of the async
+  generator routine ``count(n)`` (``for i in range(n): yield i``), ``--stream-items``
+  (100,000) items, every item checked, under an asyncio and a trio caller. One warm-up call of
+  ``STREAM_WARMUP_ITEMS`` per worker first (round robin takes turns), then ``--stream-runs``
+  (3) timed calls; ``items_per_s`` is their median, ``items_per_s_max`` the best;
+- large payloads (``echo``, asyncio caller): MB/s (payload bytes / round-trip seconds / 1e6) of
+  ``echo(data)``, which returns its ``bytes`` argument, for 10 MB and 100 MB of random bytes:
+  ``ECHO_WARMUP`` untimed echoes of each size first (the first ones pay for heap growth), then
+  the median of ``--echo-runs`` (5) and ``--echo-large-runs`` (3) round trips. Its floor, in
+  the same run, echoes the same payloads over one loopback TCP connection to a second process
+  (``--bulk-echo-server``, blocking sockets, no pickling): a 4-byte length and the bytes, which
+  the server receives whole into a new buffer before it writes them back, and the client
+  receives whole into a new buffer too, as any RPC's ends must. ``mb_per_s_ratio`` is
+  ``wool / floor`` (1.0 is the floor, lower is slower).
+
 The targets (``targets``, ``targets_met``) are the issue's absolute ones. They were set on a
 machine whose loopback round trip was about 0.1 ms, so ``targets_relative`` restates the
 latency target as a ratio to this run's floor (1 ms / 0.1 ms = 10; trio 1.5x that);
-throughput stays absolute only. The run also times a raw loopback round trip (8 bytes echoed
-over TCP by a second process, blocking sockets, no pickling, no event loop), reported next to
-the floor, because the floor is more than a bare socket round trip (see benchmarks/README.md).
+throughput stays absolute only, and so do the streaming target (20,000 items/s, either
+caller) and the large-payload one (300 MB/s for 10 MB; 100 MB has none). The run also
+times a raw loopback round trip (8 bytes echoed over TCP by a second process, blocking
+sockets, no pickling, no event loop), reported next to the floor, because the floor is more
+than a bare socket round trip (see benchmarks/README.md).
 
 The original wool (PyPI ``wool==0.15.7``, grpcio-based) is measured in the same run, by
 ``benchmarks/original.py`` under the interpreter of a private virtual environment
@@ -71,6 +90,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -89,7 +109,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +162,33 @@ GRPCLIB_ARGS = (1, 2)
 GRPCLIB_GRACE = 5.0
 _FRAME = struct.Struct("!I")
 _ECHO = b"rtt-8byt"
+# Generator streaming: one async generator call yielding this many small ints, consumed with
+# `async for`, after one warm-up call of STREAM_WARMUP_ITEMS per worker.
+STREAM_ITEMS = 100_000
+STREAM_WARMUP_ITEMS = 1_000
+TARGET_STREAM_ITEMS_PER_S = 20_000.0
+# Large payloads: `echo(data)` of these many bytes, after ECHO_WARMUP untimed echoes of each
+# size (the first ones pay for heap growth, on both sides).
+ECHO_SIZES = (10_000_000, 100_000_000)
+ECHO_WARMUP = 2
+TARGET_ECHO_SIZE = 10_000_000  # the size the MB/s target is for; 100 MB is reported only
+TARGET_ECHO_MB_PER_S = 300.0
 
 
 @wool.routine
 async def add(x: int, y: int) -> int:
     return x + y
+
+
+@wool.routine
+async def count(n: int) -> AsyncGenerator[int, None]:
+    for i in range(n):
+        yield i
+
+
+@wool.routine
+async def echo(data: bytes) -> bytes:
+    return data
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -343,7 +385,8 @@ async def _floor_client(port: int, args: argparse.Namespace) -> dict[str, float]
 
 
 class _ServerProcess:
-    """A helper server (``--floor-server`` or ``--echo-server``) in a second process.
+    """A helper server (``--floor-server``, ``--echo-server``, ``--bulk-echo-server``) in a
+    second process.
 
     It listens on 127.0.0.1 on a port the OS picks; leaving the ``with`` kills it, however
     the block ends, and it exits by itself if this process dies (its stdin closes).
@@ -414,6 +457,17 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("the echo server closed the connection")
         data += chunk
     return data
+
+
+def _recv_into(sock: socket.socket, buffer: bytearray) -> None:
+    """Fill ``buffer`` from ``sock`` (for large payloads: no copies, no concatenation)."""
+    view = memoryview(buffer)
+    received = 0
+    while received < len(buffer):
+        got = sock.recv_into(view[received:])
+        if not got:
+            raise ConnectionError("the connection closed in the middle of a payload")
+        received += got
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
@@ -847,6 +901,125 @@ async def _failures(args: argparse.Namespace) -> tuple[dict[str, float], dict[st
     return cancel, loss
 
 
+# ---------------------------------------------------------------------------- streaming, payloads
+
+
+async def _stream_once(n: int) -> float:
+    """Items/s of one ``async for`` over ``count(n)``, every item checked."""
+    expected = 0
+    start = time.perf_counter()
+    async with contextlib.aclosing(count(n)) as items:  # closed at once if a check fails
+        async for item in items:
+            if item != expected:
+                raise AssertionError(f"count({n}) yielded {item!r} where {expected} was due")
+            expected += 1
+    elapsed = time.perf_counter() - start
+    if expected != n:
+        raise AssertionError(f"count({n}) yielded {expected} items")
+    return n / elapsed
+
+
+async def _stream(args: argparse.Namespace) -> dict[str, float]:
+    """Generator streaming under the running event loop (asyncio or trio): the median and
+    the best items/s of ``--stream-runs`` calls of ``count(--stream-items)``."""
+    rates: list[float] = []
+    with anyio.fail_after(args.timeout):
+        start = time.perf_counter()
+        async with wool.WorkerPool(size=POOL_SIZE):
+            started = time.perf_counter() - start
+            for _ in range(POOL_SIZE):  # warm every worker up: round robin takes turns
+                await _stream_once(STREAM_WARMUP_ITEMS)
+            for _ in range(args.stream_runs):
+                rates.append(await _stream_once(args.stream_items))
+    return {
+        "items_per_s": round(_percentile(rates, 50), 1),
+        "items_per_s_max": round(max(rates), 1),
+        "pool_start_s": round(started, 3),
+    }
+
+
+def _echo_runs(args: argparse.Namespace) -> dict[int, int]:
+    """Timed round trips per payload size."""
+    return dict(zip(ECHO_SIZES, (args.echo_runs, args.echo_large_runs), strict=True))
+
+
+def _echo_name(size: int) -> str:
+    return f"{size // 1_000_000}MB"
+
+
+async def _echo_wool(args: argparse.Namespace, payload: bytes) -> dict[int, float]:
+    """Median seconds of a wool ``echo(data)`` round trip per size, asyncio caller."""
+    medians: dict[int, float] = {}
+    async with asyncio.timeout(args.timeout):
+        async with wool.WorkerPool(size=POOL_SIZE):
+            for size, runs in _echo_runs(args).items():
+                data = payload[:size]
+                samples: list[float] = []
+                for i in range(ECHO_WARMUP + runs):
+                    start = time.perf_counter()
+                    result = await echo(data)
+                    elapsed = time.perf_counter() - start
+                    if result != data:
+                        raise AssertionError(f"echo of {size} bytes returned other bytes")
+                    del result
+                    if i >= ECHO_WARMUP:
+                        samples.append(elapsed)
+                medians[size] = _percentile(samples, 50)
+    return medians
+
+
+def _echo_floor(args: argparse.Namespace, payload: bytes) -> dict[int, float]:
+    """Median seconds of the same payloads echoed by ``--bulk-echo-server``: a 4-byte length,
+    then the bytes, on one blocking loopback TCP connection; each side receives the whole
+    payload into a new buffer, as any RPC must, and the server writes it back only then."""
+    medians: dict[int, float] = {}
+    with _ServerProcess("--bulk-echo-server") as server:
+        sock = socket.create_connection((HOST, server.port), timeout=args.timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for size, runs in _echo_runs(args).items():
+                data = payload[:size]
+                samples: list[float] = []
+                for i in range(ECHO_WARMUP + runs):
+                    start = time.perf_counter()
+                    sock.sendall(_FRAME.pack(size))
+                    sock.sendall(data)
+                    (echoed,) = _FRAME.unpack(_recv_exactly(sock, _FRAME.size))
+                    received = bytearray(echoed)
+                    _recv_into(sock, received)
+                    elapsed = time.perf_counter() - start
+                    if bytes(received) != data:  # bytes(): for pyright, bytearray != bytes
+                        raise AssertionError(f"the echo server returned other {size} bytes")
+                    del received
+                    if i >= ECHO_WARMUP:
+                        samples.append(elapsed)
+                medians[size] = _percentile(samples, 50)
+        finally:
+            sock.close()
+    return medians
+
+
+def _measure_echo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Large payloads: MB/s of wool's ``echo`` and of the raw-socket floor, per size."""
+    payload = os.urandom(max(ECHO_SIZES))
+    floor = _echo_floor(args, payload)
+    wool_seconds = asyncio.run(_echo_wool(args, payload))
+    figures: dict[str, dict[str, float]] = {}
+    for size, runs in _echo_runs(args).items():
+        wool_mb_per_s = size / wool_seconds[size] / 1e6
+        floor_mb_per_s = size / floor[size] / 1e6
+        figures[_echo_name(size)] = {
+            "bytes": size,
+            "runs": runs,
+            "wool_median_s": round(wool_seconds[size], 6),
+            "wool_mb_per_s": round(wool_mb_per_s, 1),
+            "floor_median_s": round(floor[size], 6),
+            "floor_mb_per_s": round(floor_mb_per_s, 1),
+            "mb_per_s_ratio": _ratio(wool_mb_per_s, floor_mb_per_s),
+        }
+    return figures
+
+
 # ---------------------------------------------------------------------------- floor server
 
 
@@ -899,6 +1072,28 @@ def echo_server(fd: int) -> None:
                 pass
 
 
+def bulk_echo_server(fd: int) -> None:
+    """Read a length-prefixed payload whole, write it back with its length, and again; one
+    connection at a time, blocking sockets. (``echo_server`` echoes 4 KiB reads as they come:
+    a pipe, not a store-and-forward round trip like an RPC's.)"""
+    threading.Thread(target=_exit_when_parent_goes, daemon=True).start()
+    listener = socket.socket(fileno=fd)
+    while True:
+        connection, _ = listener.accept()
+        with connection:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                while True:
+                    header = _recv_exactly(connection, _FRAME.size)
+                    data = bytearray(_FRAME.unpack(header)[0])
+                    _recv_into(connection, data)
+                    connection.sendall(header)
+                    connection.sendall(data)
+                    del data
+            except ConnectionError:
+                pass
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -931,6 +1126,9 @@ def _targets() -> dict[str, float]:
         "trio_throughput_calls_per_s_min": round(TARGET_THROUGHPUT / TRIO_SLACK, 1),
         "cancel_median_ms_max": TARGET_CANCEL_MEDIAN_MS,
         "worker_loss_ms_max": TARGET_WORKER_LOSS_MS,
+        "stream_asyncio_items_per_s_min": TARGET_STREAM_ITEMS_PER_S,
+        "stream_trio_items_per_s_min": TARGET_STREAM_ITEMS_PER_S,
+        f"echo_{_echo_name(TARGET_ECHO_SIZE)}_mb_per_s_min": TARGET_ECHO_MB_PER_S,
     }
 
 
@@ -959,6 +1157,8 @@ def _targets_met(
     trio_figures: dict[str, float],
     cancel: dict[str, dict[str, float]],
     loss: dict[str, dict[str, float]],
+    stream: dict[str, dict[str, float]],
+    echo_figures: dict[str, dict[str, float]],
 ) -> dict[str, bool]:
     met = {}
     for name, figures in (("asyncio", asyncio_figures), ("trio", trio_figures)):
@@ -972,6 +1172,14 @@ def _targets_met(
         met[f"cancel_{name}"] = cancel[name]["median_ms"] <= targets["cancel_median_ms_max"]
     for name in ("asyncio", "trio"):
         met[f"worker_loss_{name}"] = loss[name]["max_ms"] <= targets["worker_loss_ms_max"]
+    for name in ("asyncio", "trio"):
+        met[f"stream_{name}"] = (
+            stream[name]["items_per_s"] >= targets[f"stream_{name}_items_per_s_min"]
+        )
+    size = _echo_name(TARGET_ECHO_SIZE)
+    met[f"echo_{size}"] = (
+        echo_figures[size]["wool_mb_per_s"] >= targets[f"echo_{size}_mb_per_s_min"]
+    )
     return met
 
 
@@ -1030,6 +1238,8 @@ def _report(
     trio_figures: dict[str, float],
     cancel: dict[str, dict[str, float]],
     loss: dict[str, dict[str, float]],
+    stream: dict[str, dict[str, float]],
+    echo_figures: dict[str, dict[str, float]],
     original: dict[str, Any] | None,
     original_unavailable: str | None,
 ) -> dict[str, Any]:
@@ -1073,8 +1283,18 @@ def _report(
         "trio": trio_report,
         "cancel": {**cancel, "pool_size": CANCEL_POOL_SIZE},
         "worker_loss": {**loss, "pool_size": LOSS_POOL_SIZE},
+        "stream": {
+            **stream,
+            "items": args.stream_items,
+            "runs": args.stream_runs,
+            "warmup_items": STREAM_WARMUP_ITEMS,
+            "pool_size": POOL_SIZE,
+        },
+        "echo": {**echo_figures, "warmup": ECHO_WARMUP, "pool_size": POOL_SIZE},
         "targets": targets,
-        "targets_met": _targets_met(targets, asyncio_figures, trio_figures, cancel, loss),
+        "targets_met": _targets_met(
+            targets, asyncio_figures, trio_figures, cancel, loss, stream, echo_figures
+        ),
         "targets_relative": targets_relative,
         "targets_relative_met": _targets_relative_met(
             targets_relative, asyncio_report, trio_report
@@ -1104,6 +1324,21 @@ def _failure_summary(name: str, cancel: dict[str, float], loss: dict[str, float]
     )
 
 
+def _stream_summary(name: str, figures: dict[str, float]) -> str:
+    return (
+        f"{name}: median {figures['items_per_s']:.0f} items/s, "
+        f"best {figures['items_per_s_max']:.0f} items/s"
+    )
+
+
+def _echo_summary(name: str, figures: dict[str, float]) -> str:
+    return (
+        f"echo {name} (asyncio caller): wool {figures['wool_mb_per_s']:.1f} MB/s, "
+        f"floor {figures['floor_mb_per_s']:.1f} MB/s (ratio {figures['mb_per_s_ratio']:.3f}; "
+        f"median of {figures['runs']:.0f})"
+    )
+
+
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, help="sequential calls timed (default 2000)")
@@ -1114,9 +1349,18 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cancel-warmup", type=int, help="untimed cancelled calls first (5)")
     parser.add_argument("--loss-samples", type=int, help="workers killed mid-call (default 20)")
     parser.add_argument(
+        "--stream-items", type=int, help=f"items one generator call yields ({STREAM_ITEMS})"
+    )
+    parser.add_argument("--stream-runs", type=int, help="generator calls timed (default 3)")
+    parser.add_argument("--echo-runs", type=int, help="10 MB echoes timed (default 5)")
+    parser.add_argument("--echo-large-runs", type=int, help="100 MB echoes timed (default 3)")
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help="small numbers, for a smoke test (100/20/500, 20/2 cancels, 3 kills, 60 s)",
+        help=(
+            "small numbers, for a smoke test (100/20/500, 20/2 cancels, 3 kills, 1 generator "
+            "call, 3 + 1 echoes, 60 s)"
+        ),
     )
     parser.add_argument(
         "--original",
@@ -1135,12 +1379,15 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--floor-server", type=int, metavar="FD", help=argparse.SUPPRESS)
     parser.add_argument("--echo-server", type=int, metavar="FD", help=argparse.SUPPRESS)
+    parser.add_argument("--bulk-echo-server", type=int, metavar="FD", help=argparse.SUPPRESS)
     parser.add_argument("--grpclib-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     names = ("calls", "warmup", "concurrent", "timeout", "cancel_samples", "cancel_warmup")
-    names += ("loss_samples",)
+    names += ("loss_samples", "stream_items", "stream_runs", "echo_runs", "echo_large_runs")
     defaults = (
-        (100, 20, 500, 60.0, 20, 2, 3) if args.quick else (2000, 200, 10000, 300.0, 200, 5, 20)
+        (100, 20, 500, 60.0, 20, 2, 3, STREAM_ITEMS, 1, 3, 1)
+        if args.quick
+        else (2000, 200, 10000, 300.0, 200, 5, 20, STREAM_ITEMS, 3, 5, 3)
     )
     for name, default in zip(names, defaults, strict=True):
         if getattr(args, name) is None:
@@ -1149,6 +1396,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--calls and --concurrent must be >= 1, --warmup >= 0, --timeout > 0")
     if args.cancel_samples < 1 or args.loss_samples < 1 or args.cancel_warmup < 0:
         parser.error("--cancel-samples and --loss-samples must be >= 1, --cancel-warmup >= 0")
+    if min(args.stream_items, args.stream_runs, args.echo_runs, args.echo_large_runs) < 1:
+        parser.error("--stream-items, --stream-runs and --echo-*runs must be >= 1")
     return args
 
 
@@ -1159,6 +1408,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.echo_server is not None:
         echo_server(args.echo_server)
+        return
+    if args.bulk_echo_server is not None:
+        bulk_echo_server(args.bulk_echo_server)
         return
     if args.grpclib_server:
         grpclib_server()
@@ -1198,6 +1450,23 @@ def main(argv: list[str] | None = None) -> None:
     _log(_failure_summary("asyncio caller", cancel["asyncio"], loss["asyncio"]))
     cancel["trio"], loss["trio"] = trio.run(_failures, args)
     _log(_failure_summary("trio caller", cancel["trio"], loss["trio"]))
+    _log(
+        f"{args.stream_runs} x {args.stream_items} generator items per caller (pool of {POOL_SIZE})"
+    )
+    stream: dict[str, dict[str, float]] = {}
+    stream["asyncio"] = asyncio.run(_stream(args))
+    _log(_stream_summary("stream, asyncio caller", stream["asyncio"]))
+    stream["trio"] = trio.run(_stream, args)
+    _log(_stream_summary("stream, trio caller", stream["trio"]))
+    runs = _echo_runs(args)
+    _log(
+        "echo: "
+        + ", ".join(f"{runs[size]} x {_echo_name(size)}" for size in ECHO_SIZES)
+        + f" after {ECHO_WARMUP} of each (pool of {POOL_SIZE}; floor: raw loopback TCP)"
+    )
+    echo_figures = _measure_echo(args)
+    for name, figures in echo_figures.items():
+        _log(_echo_summary(name, figures))
     report = _report(
         args,
         floor,
@@ -1206,6 +1475,8 @@ def main(argv: list[str] | None = None) -> None:
         trio_figures,
         cancel,
         loss,
+        stream,
+        echo_figures,
         original,
         original_unavailable,
     )

@@ -237,9 +237,7 @@ def test_no_message_of_a_split_payload_exceeds_the_maximum() -> None:
     assert all(len(bytes(m)) <= 64 * 1024 for m in messages)
     assembler = Assembler(len(payload))
     codec = _Codec(64 * 1024)
-    wholes = [
-        assembler.add(codec.decode(codec.encode(m, Request), Request)) for m in messages
-    ]
+    wholes = [assembler.add(codec.decode(codec.encode(m, Request), Request)) for m in messages]
     assert wholes[:-1] == [None] * (len(messages) - 1)
     whole = wholes[-1]
     assert whole is not None and whole.task is not None

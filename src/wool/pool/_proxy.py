@@ -461,7 +461,9 @@ class RemoteGenerator:
             self._take(await self._receive())
         data = self._buffer.popleft()
         ahead = self._granted + len(self._buffer)
-        if self._final is None and ahead <= self._window // 2 < self._window:
+        # Top up once a quarter of the window is used: the worker keeps producing while
+        # the grant travels.
+        if self._final is None and self._window and ahead <= self._window - self._window // 4:
             await self._grant(self._window - ahead)
         return False, self._load(data)
 

@@ -28,7 +28,7 @@ T = TypeVar("T")
 _Kind = Literal["function", "classmethod", "staticmethod"]
 
 #: Items an async generator routine may run ahead of its caller by default.
-DEFAULT_PREFETCH = 64
+DEFAULT_PREFETCH = 128
 
 
 class Routine(Generic[P, T]):
@@ -185,7 +185,7 @@ def routine(
     - ``grace``: seconds a cancelled call waits for the remote routine to finish
       unwinding before the caller moves on; defaults to the pool's.
     - ``prefetch`` (async generators): items the worker may produce ahead of the
-      caller while the caller only iterates (default 64; 0 steps the generator in
+      caller while the caller only iterates (default 128; 0 steps the generator in
       lock-step). It applies only to generators that ignore the values sent to them and
       catch no exceptions at their ``yield``: those that do are always stepped exactly,
       so ``asend`` and ``athrow`` reach them at the ``yield`` they would locally.

@@ -63,6 +63,7 @@ class GeneratorSession:
         self._caller_gone = False
         self._stepping: anyio.CancelScope | None = None
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
 
     async def run(self, scope: anyio.CancelScope) -> Response:
         # Created here, in the worker's backend (the session is made on grpclib's loop).
@@ -90,7 +91,7 @@ class GeneratorSession:
         """Run the generator as granted; the final Response once it is done."""
         try:
             while True:
-                while not (self._credit or self._control or self._caller_gone):
+                while not (self._may_step() or self._control or self._caller_gone):
                     self._wakeup = anyio.Event()
                     await self._wakeup.wait()
                 if self._caller_gone:
@@ -111,6 +112,11 @@ class GeneratorSession:
         except BaseException as exc:
             return failure(exc, self._limits)
 
+    def _may_step(self) -> bool:
+        # Items are granted by count; what waits to be sent is also bounded in bytes, so
+        # a window of large items cannot pile up here while the caller is slow.
+        return self._credit > 0 and self._outbox_bytes < self._limits.max_message
+
     async def _read_ahead(self) -> Response | None:
         item: Any = _CUT_SHORT
         with anyio.CancelScope() as self._stepping:
@@ -122,6 +128,7 @@ class GeneratorSession:
         if isinstance(data, Response):
             return data
         self._outbox.append(data)
+        self._outbox_bytes += len(data)
         self._outbox_ready.set()
         return None
 
@@ -185,7 +192,10 @@ class GeneratorSession:
         async with self._sending:
             try:
                 while self._outbox:
-                    await self._send(Response(items=Items(values=self._next_batch())))
+                    batch = self._next_batch()
+                    await self._send(Response(items=Items(values=batch)))
+                    self._outbox_bytes -= sum(map(len, batch))
+                    self._wakeup.set()
                 if answer is not None:
                     await self._send(answer)
             except anyio.get_cancelled_exc_class():
@@ -193,6 +203,7 @@ class GeneratorSession:
             except Exception as exc:
                 log.debug("call %s: sending failed: %r", self._task.id, exc)
                 self._outbox.clear()
+                self._outbox_bytes = 0
                 self._caller_gone = True
                 self._cut_step_short()
                 self._wakeup.set()
