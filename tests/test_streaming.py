@@ -15,9 +15,9 @@ from wool.transport._protocol.wool.v1 import Chunk, Request, Response, Task
 
 from .stream_routines import (
     accumulate,
+    countdown,
     counted,
     counted_lockstep,
-    countdown,
     echo,
     echo_sends,
     make_bytes,
