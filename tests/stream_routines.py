@@ -96,3 +96,15 @@ async def small_items(n: int) -> AsyncGenerator[bytes, None]:
 @wool.routine
 async def pid() -> int:
     return os.getpid()
+
+
+@wool.routine
+async def raises_late(marker: str) -> AsyncGenerator[int, None]:
+    """Raises after two items: read ahead, it has raised before the caller gets there."""
+    try:
+        yield 1
+        yield 2
+        raise ValueError("late")
+    finally:
+        with open(marker, "a") as f:
+            f.write("finally;")

@@ -23,6 +23,7 @@ from .stream_routines import (
     make_bytes,
     payloads,
     pid,
+    raises_late,
     small_items,
     stuck_after_first,
 )
@@ -114,6 +115,24 @@ async def test_a_read_ahead_generator_matches_the_local_one(name: str, tmp_path:
                 await anyio.sleep(0.01)
     assert remote == local
     assert remote_marker.read_text() == local_marker.read_text() == "finally;"
+
+
+RAISES_LATE_SCRIPTS: dict[str, list[Op]] = {
+    "iterate into the error": [("anext",), ("anext",), ("anext",), ("anext",)],
+    "close before the error": [("anext",), ("aclose",), ("anext",)],
+    "throw before the error": [("anext",), ("athrow", KeyError("k")), ("anext",)],
+}
+
+
+@pytest.mark.parametrize("name", list(RAISES_LATE_SCRIPTS))
+async def test_a_generator_that_failed_ahead_matches_the_local_one(
+    name: str, tmp_path: Path
+) -> None:
+    script = RAISES_LATE_SCRIPTS[name]
+    local = await play(raises_late.__wrapped__(str(tmp_path / "l")), script)  # type: ignore[attr-defined]
+    async with wool.WorkerPool(size=1):
+        remote = await play(raises_late(str(tmp_path / "r")), script)
+    assert remote == local
 
 
 async def test_closing_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:

@@ -448,8 +448,7 @@ class RemoteGenerator:
         """Ask for the first item (and the window after it); return the first answer."""
         await self._grant(self._window + 1)
         response = await self._receive()
-        if response.rejected is None:
-            self._take(response)
+        self._take(response)
         return response
 
     async def next(self) -> tuple[bool, Any]:
@@ -485,14 +484,26 @@ class RemoteGenerator:
             if response.item is not None:
                 return False, self._load(response.item)
             self._final = response
-            if self._window and response.exhausted is not None:
-                # Exhausted while reading ahead, before the step arrived.
+            if self._window and not self._answers(kind, value, response):
+                # The generator ended while reading ahead, before the step arrived.
                 return self._too_late(kind, value)
             return await self._conclude(response)
 
+    @staticmethod
+    def _answers(kind: StepKind, value: Any, response: Response) -> bool:
+        """Whether a read-ahead generator's final response is what the step did to it.
+
+        Such a generator catches nothing at its yields: a throw it took raises the thrown
+        exception, and a close it took ends it quietly."""
+        if kind == StepKind.THROW:
+            failed = response.failure
+            return failed is not None and failed.type == _type_name(value)
+        return response.exhausted is not None
+
     def _too_late(self, kind: StepKind, value: Any) -> tuple[bool, Any]:
         """A step for a generator that ran to its end ahead of the caller: a thrown
-        exception propagates, as it would from a generator that does not catch it."""
+        exception propagates, as it would from a generator that does not catch it, and a
+        close succeeds."""
         if kind == StepKind.THROW:
             _raise_remote(value)
         return True, None
@@ -543,6 +554,10 @@ class RemoteGenerator:
             return await self._proxy._portal.run(self._call.receive)
         except ConnectionLost as exc:
             raise self._proxy._lost(self._worker, self._routine, exc) from None
+
+
+def _type_name(value: object) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def _dumps_value(value: Any, limits: Limits) -> bytes:

@@ -59,6 +59,8 @@ def _yields(nodes: list[ast.stmt], catching: bool) -> Iterator[tuple[ast.stmt, b
             yield from _yields(node.finalbody, catching)
             continue
         children = [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)]
+        if isinstance(node, ast.Match):
+            children = [stmt for case in node.cases for stmt in case.body]
         if children:
             yield from _yields(children, catching)
         if any(isinstance(expr, ast.Yield) for expr in _expressions(node)):

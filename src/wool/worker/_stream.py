@@ -193,8 +193,9 @@ class GeneratorSession:
             try:
                 while self._outbox:
                     batch = self._next_batch()
+                    size = sum(map(len, batch))  # before sending: chunking changes the batch
                     await self._send(Response(items=Items(values=batch)))
-                    self._outbox_bytes -= sum(map(len, batch))
+                    self._outbox_bytes -= size
                     self._wakeup.set()
                 if answer is not None:
                     await self._send(answer)
