@@ -1290,7 +1290,13 @@ def _report(
             "warmup_items": STREAM_WARMUP_ITEMS,
             "pool_size": POOL_SIZE,
         },
-        "echo": {**echo_figures, "warmup": ECHO_WARMUP, "pool_size": POOL_SIZE},
+        "echo": {
+            **echo_figures,
+            "warmup": ECHO_WARMUP,
+            "pool_size": POOL_SIZE,
+            # `make bench` gives the caller the malloc settings wool gives its workers.
+            "caller_malloc_tuned": "MALLOC_MMAP_THRESHOLD_" in os.environ,
+        },
         "targets": targets,
         "targets_met": _targets_met(
             targets, asyncio_figures, trio_figures, cancel, loss, stream, echo_figures

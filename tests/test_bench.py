@@ -132,6 +132,7 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
     echo = dict(report["echo"])
     assert echo.pop("warmup") >= 1
     assert echo.pop("pool_size") == 2
+    assert isinstance(echo.pop("caller_malloc_tuned"), bool)
     assert set(echo) == {"10MB", "100MB"}
     for name, size, runs in (("10MB", 10_000_000, 3), ("100MB", 100_000_000, 1)):
         stats = echo[name]
