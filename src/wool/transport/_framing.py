@@ -17,8 +17,8 @@ __all__ = ["DEFAULT_LIMITS", "Assembler", "Limits", "split"]
 
 M = TypeVar("M", Request, Response)
 
-# Room for a message's own fields and protobuf framing around a payload part.
-_OVERHEAD = 64
+# Room for a message's own small fields and protobuf framing around a payload part.
+_OVERHEAD = 128
 
 
 @dataclass(frozen=True)
@@ -86,27 +86,41 @@ def split(message: Request | Response, max_message: int) -> list[Request | Respo
     ``message`` is changed in place when its payload is split.
     """
     data = payload(message)
-    if data is None or len(data) + _OVERHEAD <= max_message:
+    if data is None or len(data) + _fixed_size(message) <= max_message:
         return [message]
+    # All of the payload goes in chunks (the message's own last part is empty): chunks are
+    # encoded here without copies, the message itself by betterproto, which copies.
     _set_payload(message, b"")
-    room = max_message - len(bytes(message)) - _OVERHEAD
-    if room <= 0:
+    if len(bytes(message)) + _OVERHEAD > max_message:
         raise ProtocolError(
             f"a {type(message).__name__} without its payload is larger than the maximum "
             f"message size of {max_message} bytes"
         )
     part = max_message - _OVERHEAD
-    head = len(data) - min(room, len(data))
     view = memoryview(data)
     kind = type(message)
-    # Chunks hold views of the payload: encode_chunk copies each once, into its frame.
     messages: list[Request | Response] = [
-        kind(chunk=Chunk(data=cast(bytes, view[i : min(i + part, head)])))
-        for i in range(0, head, part)
+        kind(chunk=Chunk(data=cast(bytes, view[i : i + part]))) for i in range(0, len(data), part)
     ]
-    _set_payload(message, bytes(view[head:]))
     messages.append(message)
     return messages
+
+
+def _fixed_size(message: Request | Response) -> int:
+    """At least what a message takes on the wire besides its payload."""
+    size = _OVERHEAD
+    if isinstance(message, Request):
+        task = message.task
+        if task is not None:
+            size += len(task.function) + len(task.routine) + len(task.id) + len(task.caller)
+    elif message.items is not None:
+        size += sum(len(value) + 8 for value in message.items.values[1:])
+    elif message.failure is not None:
+        failure = message.failure
+        size += sum(
+            len(text.encode()) for text in (failure.type, failure.message, failure.traceback)
+        )
+    return size
 
 
 # Chunk messages are the bulk of a large payload's bytes, and betterproto copies a bytes

@@ -29,9 +29,21 @@ def failure(exc: BaseException, limits: Limits = DEFAULT_LIMITS) -> Response:
     data, type_name, message, text = dumps_exception(exc)
     if len(data) > limits.max_payload:
         data = b""  # the caller still gets its type, message and traceback
+    # The texts travel beside the payload, unchunked: they must fit in one message.
+    message, text = _shortened(message), _shortened(text)
     return Response(
         failure=Failure(exception=data, type=type_name, message=message, traceback=text)
     )
+
+
+_TEXT_KEPT = 64 * 1024
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= _TEXT_KEPT:
+        return text
+    half = _TEXT_KEPT // 2
+    return f"{text[:half]}\n... ({len(text) - _TEXT_KEPT} characters left out) ...\n{text[-half:]}"
 
 
 async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Response:
