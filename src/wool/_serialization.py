@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
+import struct
 import traceback
 from collections.abc import Callable
 from types import TracebackType, WrapperDescriptorType
@@ -16,10 +17,13 @@ from tblib.pickling_support import pickle_exception, pickle_traceback, unpickle_
 from wool._errors import SerializationError, TaskException
 
 __all__ = [
+    "Payload",
+    "Segments",
     "dumps",
     "dumps_arguments",
     "dumps_exception",
     "dumps_function",
+    "dumps_payload",
     "loads",
     "loads_exception",
 ]
@@ -68,14 +72,108 @@ def dumps(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def loads(data: bytes) -> Any:
-    return pickle.loads(data)
+class Segments:
+    """A payload in parts, sent without joining them: a header, a pickle, then the large
+    ``bytes`` objects it holds, out of band (pickle protocol 5). Saves the copy of each of
+    them into the pickle."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = parts
+        self.size = sum(len(part) for part in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
 
 
-def dumps_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+#: What an argument tuple, result, item or sent value is pickled to.
+Payload = bytes | Segments
+
+# bytes objects at least this large travel out of band.
+_OUT_OF_BAND = 256 * 1024
+# A segmented payload starts with this byte (a pickle starts with PROTO, 0x80), then the
+# number of segments and their lengths.
+_SEGMENTED = b"S"
+_COUNT = struct.Struct("<I")
+_LENGTH = struct.Struct("<Q")
+
+
+class _Bulk:
+    """Stands for a large bytes object while pickling: it travels out of band."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _lift(obj: Any, depth: int, seen: dict[int, _Bulk]) -> Any:
+    """``obj`` with its large bytes objects, near the top, wrapped to travel out of band."""
+    kind = type(obj)
+    if kind is bytes:
+        if len(obj) < _OUT_OF_BAND:
+            return obj
+        bulk = seen.get(id(obj))
+        if bulk is None:
+            bulk = seen[id(obj)] = _Bulk(obj)
+        return bulk
+    if depth == 0:
+        return obj
+    if kind is tuple or kind is list:
+        return kind(_lift(item, depth - 1, seen) for item in obj)
+    if kind is dict:
+        return {key: _lift(value, depth - 1, seen) for key, value in obj.items()}
+    return obj
+
+
+def dumps_payload(obj: Any) -> Payload:
+    """Pickle a value for the wire. Large bytes objects in it (itself, or in the tuples,
+    lists and dicts that hold it, a few levels down) are not copied into the pickle."""
+    buffer = io.BytesIO()
+    taken: list[pickle.PickleBuffer] = []
+
+    def out_of_band(view: pickle.PickleBuffer) -> bool:
+        taken.append(view)
+        return False
+
+    _Pickler(buffer, protocol=_PROTOCOL, buffer_callback=out_of_band).dump(_lift(obj, 3, {}))
+    data = buffer.getvalue()
+    if not taken:
+        return data
+    parts: list[bytes | memoryview] = [data, *(view.raw() for view in taken)]
+    header = _SEGMENTED + _COUNT.pack(len(parts)) + b"".join(_LENGTH.pack(len(p)) for p in parts)
+    return Segments([header, *parts])
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """Unpickle what :func:`dumps` or :func:`dumps_payload` made."""
+    view = memoryview(data)
+    if not view or view[0] != _SEGMENTED[0]:
+        return pickle.loads(view)
+    (count,) = _COUNT.unpack_from(view, 1)
+    at = 1 + _COUNT.size
+    lengths = [_LENGTH.unpack_from(view, at + i * _LENGTH.size)[0] for i in range(count)]
+    at += count * _LENGTH.size
+    parts: list[memoryview] = []
+    for length in lengths:
+        parts.append(view[at : at + length])
+        at += length
+    return pickle.loads(parts[0], buffers=parts[1:])
+
+
+def dumps_arguments(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Payload:
     """Pickle a call's arguments; on failure say which argument could not be pickled and why."""
     try:
-        return dumps((args, kwargs))
+        return dumps_payload((args, kwargs))
     except Exception as exc:
         raise _explain_call_failure(fn, args, kwargs, exc) from exc
 

@@ -11,7 +11,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import anyio
 import betterproto2
@@ -23,7 +23,7 @@ from wool._errors import (
     SerializationError,
     WorkerLost,
 )
-from wool._serialization import dumps, loads, loads_exception
+from wool._serialization import Payload, dumps_payload, loads, loads_exception
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.routine import call_depth
@@ -204,7 +204,7 @@ class WorkerProxy:
         self,
         routine: str,
         function: bytes,
-        arguments: bytes,
+        arguments: Payload,
         grace: float,
         timeout: float | None,
         *,
@@ -216,7 +216,7 @@ class WorkerProxy:
                 id=next(self._ids),
                 routine=routine,
                 function=function,
-                arguments=arguments,
+                arguments=cast(bytes, arguments),  # see framing.split
                 timeout=timeout,
                 grace=grace,
                 caller=_CALLER,
@@ -251,7 +251,7 @@ class WorkerProxy:
         self,
         routine: str,
         function: bytes,
-        arguments: bytes,
+        arguments: Payload,
         *,
         grace: float | None,
         timeout: float | None,
@@ -284,7 +284,7 @@ class WorkerProxy:
         self,
         routine: str,
         function: bytes,
-        arguments: bytes,
+        arguments: Payload,
         *,
         grace: float | None,
         timeout: float | None,
@@ -332,7 +332,7 @@ class WorkerProxy:
                     with contextlib.suppress(ConnectionLost):
                         await self._portal.run(call.close)
 
-    def _check_sizes(self, routine: str, function: bytes, arguments: bytes) -> None:
+    def _check_sizes(self, routine: str, function: bytes, arguments: Payload) -> None:
         """Refuse, before sending anything, a call too large for the limits."""
         limit = self.limits.max_payload
         if len(arguments) > limit:
@@ -562,7 +562,7 @@ def _type_name(value: object) -> str:
 
 def _dumps_value(value: Any, limits: Limits) -> bytes:
     try:
-        data = dumps(value)
+        data = dumps_payload(value)
     except Exception as exc:
         raise SerializationError(
             f"the value sent ({type(value).__name__}) cannot be pickled: {exc}"
@@ -572,7 +572,7 @@ def _dumps_value(value: Any, limits: Limits) -> bytes:
             f"the value sent ({type(value).__name__}) pickles to {len(data)} bytes, over the "
             f"maximum payload size of {limits.max_payload} bytes"
         )
-    return data
+    return cast(bytes, data)  # a Payload in a bytes field: see framing.split
 
 
 class open_proxy:

@@ -6,6 +6,7 @@ from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from wool._serialization import Payload
 from wool.transport import StepKind
 
 __all__ = [
@@ -24,7 +25,7 @@ class Dispatcher(Protocol):
         self,
         routine: str,
         function: bytes,
-        arguments: bytes,
+        arguments: Payload,
         *,
         grace: float | None,
         timeout: float | None,
@@ -34,7 +35,7 @@ class Dispatcher(Protocol):
         self,
         routine: str,
         function: bytes,
-        arguments: bytes,
+        arguments: Payload,
         *,
         grace: float | None,
         timeout: float | None,

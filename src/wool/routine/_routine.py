@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 import anyio
 
 from wool._errors import NoPoolError, WorkerLost
-from wool._serialization import dumps_arguments, dumps_function
+from wool._serialization import Payload, dumps_arguments, dumps_function
 from wool.routine._analysis import reads_ahead_safely
 from wool.routine._context import Dispatcher, current_dispatcher
 from wool.transport import StepKind
@@ -81,7 +81,7 @@ class Routine(Generic[P, T]):
 
     def _prepare(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Dispatcher, bytes, bytes, float | None]:
+    ) -> tuple[Dispatcher, bytes, Payload, float | None]:
         dispatcher = current_dispatcher()
         if dispatcher is None:
             raise NoPoolError(self._name)

@@ -7,11 +7,13 @@ parts, immediately followed by the message itself carrying the last part.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from wool._errors import ProtocolError
-from wool.transport._protocol.wool.v1 import Chunk, Request, Response
+from wool._serialization import Payload, Segments
+from wool.transport._protocol.wool.v1 import Chunk, Items, Request, Response
 
 __all__ = ["DEFAULT_LIMITS", "Assembler", "Limits", "split"]
 
@@ -45,23 +47,23 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def payload(message: Request | Response) -> bytes | None:
+def payload(message: Request | Response) -> Payload | None:
     """The message's payload field, or None when it has none."""
+    found: Any = None
     if isinstance(message, Request):
         if message.task is not None:
-            return message.task.arguments
-        if message.step is not None:
-            return message.step.value
-        return None
-    if message.result is not None:
-        return message.result
-    if message.item is not None:
-        return message.item
-    if message.items is not None:
-        return message.items.values[0] if message.items.values else None
-    if message.failure is not None:
-        return message.failure.exception
-    return None
+            found = message.task.arguments
+        elif message.step is not None:
+            found = message.step.value
+    elif message.result is not None:
+        found = message.result
+    elif message.item is not None:
+        found = message.item
+    elif message.items is not None:
+        found = message.items.values[0] if message.items.values else None
+    elif message.failure is not None:
+        found = message.failure.exception
+    return found
 
 
 def _set_payload(message: Request | Response, data: bytes) -> None:
@@ -80,30 +82,64 @@ def _set_payload(message: Request | Response, data: bytes) -> None:
         message.failure.exception = data
 
 
-def split(message: Request | Response, max_message: int) -> list[Request | Response]:
-    """The messages that carry ``message``: Chunks of its payload, then itself.
+def _joined(data: Payload) -> bytes:
+    return data.join() if isinstance(data, Segments) else data
 
-    ``message`` is changed in place when its payload is split.
+
+def _with_payload(message: Request | Response, data: bytes) -> Request | Response:
+    """A copy of ``message`` carrying ``data`` as its payload (the sender may send the
+    original again, to another worker)."""
+    if isinstance(message, Request):
+        if message.task is not None:
+            return Request(task=dataclasses.replace(message.task, arguments=data))
+        assert message.step is not None
+        return Request(step=dataclasses.replace(message.step, value=data))
+    if message.result is not None:
+        return Response(result=data)
+    if message.item is not None:
+        return Response(item=data)
+    if message.items is not None:
+        others = [_joined(value) for value in message.items.values[1:]]
+        return Response(items=Items(values=[data, *others]))
+    assert message.failure is not None
+    return Response(failure=dataclasses.replace(message.failure, exception=data))
+
+
+def split(message: Request | Response, max_message: int) -> list[Request | Response]:
+    """The messages that carry ``message``: Chunks of its payload, then the message.
+
+    Payloads given as :class:`~wool._serialization.Segments` are chunked without joining
+    them, or joined when they fit in one message.
     """
     data = payload(message)
-    if data is None or len(data) + _fixed_size(message) <= max_message:
+    if data is None:
         return [message]
-    # All of the payload goes in chunks (the message's own last part is empty): chunks are
+    if len(data) + _fixed_size(message) <= max_message:
+        if isinstance(data, Segments) or _segmented_items(message):
+            return [_with_payload(message, _joined(data))]
+        return [message]
+    # All of the payload goes in chunks (the message's own part is empty): chunks are
     # encoded here without copies, the message itself by betterproto, which copies.
-    _set_payload(message, b"")
-    if len(bytes(message)) + _OVERHEAD > max_message:
+    rest = _with_payload(message, b"")
+    if len(bytes(rest)) + _OVERHEAD > max_message:
         raise ProtocolError(
             f"a {type(message).__name__} without its payload is larger than the maximum "
             f"message size of {max_message} bytes"
         )
     part = max_message - _OVERHEAD
-    view = memoryview(data)
     kind = type(message)
-    messages: list[Request | Response] = [
-        kind(chunk=Chunk(data=cast(bytes, view[i : i + part]))) for i in range(0, len(data), part)
-    ]
-    messages.append(message)
+    messages: list[Request | Response] = []
+    for segment in data.parts if isinstance(data, Segments) else [data]:
+        view = memoryview(segment)
+        for i in range(0, len(view), part):
+            messages.append(kind(chunk=Chunk(data=cast(bytes, view[i : i + part]))))
+    messages.append(rest)
     return messages
+
+
+def _segmented_items(message: Request | Response) -> bool:
+    items = message.items if isinstance(message, Response) else None
+    return items is not None and any(isinstance(value, Segments) for value in items.values)
 
 
 def _fixed_size(message: Request | Response) -> int:
@@ -198,7 +234,7 @@ class Assembler:
             return None
         if self._parts:
             last = payload(message)
-            if last is None:
+            if not isinstance(last, bytes):
                 raise ProtocolError(
                     f"chunks were followed by a {type(message).__name__} with no payload"
                 )

@@ -6,12 +6,12 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
 from wool._errors import SerializationError
-from wool._serialization import dumps, dumps_exception, loads
+from wool._serialization import Payload, dumps_exception, dumps_payload, loads
 from wool.routine import Routine, call_depth
 from wool.transport import DEFAULT_LIMITS, Cancelled, Exhausted, Failure, Limits, Response, Task
 
@@ -53,7 +53,8 @@ async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Respo
         run, args, kwargs = load_call(task)
         value = await run(*args, **kwargs)
         data = pickle_value(task, value, limits, what="the value returned by")
-        return data if isinstance(data, Response) else Response(result=data)
+        # A Payload in a bytes field: the transport joins or chunks it (framing.split).
+        return data if isinstance(data, Response) else Response(result=cast(bytes, data))
 
     return await run_in(scope, task, deadline_of(task), call)
 
@@ -117,10 +118,10 @@ def _load_function(data: bytes) -> Any:
     return fn
 
 
-def pickle_value(task: Task, value: Any, limits: Limits, *, what: str) -> bytes | Response:
+def pickle_value(task: Task, value: Any, limits: Limits, *, what: str) -> Payload | Response:
     """``value`` pickled for the caller, or the failure to send instead."""
     try:
-        data = dumps(value)
+        data = dumps_payload(value)
     except Exception as exc:
         return failure(
             SerializationError(

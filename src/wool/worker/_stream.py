@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
-from wool._serialization import loads
+from wool._serialization import Payload, loads
 from wool.transport import Items, Limits, Request, Response, Step, StepKind, Task
 from wool.worker._execute import (
     EXHAUSTED,
@@ -62,7 +62,7 @@ class GeneratorSession:
         self._control: Step | None = None
         self._caller_gone = False
         self._stepping: anyio.CancelScope | None = None
-        self._outbox: list[bytes] = []
+        self._outbox: list[Payload] = []
         self._outbox_bytes = 0
 
     async def run(self, scope: anyio.CancelScope) -> Response:
@@ -145,7 +145,7 @@ class GeneratorSession:
         data = pickle_value(self._task, item, self._limits, what="a value yielded by")
         if isinstance(data, Response):
             return data
-        await self._deliver(Response(item=data))
+        await self._deliver(Response(item=cast(bytes, data)))  # see execute()
         return None
 
     async def _read_steps(self) -> None:
@@ -194,7 +194,7 @@ class GeneratorSession:
                 while self._outbox:
                     batch = self._next_batch()
                     size = sum(map(len, batch))  # before sending: chunking changes the batch
-                    await self._send(Response(items=Items(values=batch)))
+                    await self._send(Response(items=Items(values=cast(list[bytes], batch))))
                     self._outbox_bytes -= size
                     self._wakeup.set()
                 if answer is not None:
@@ -209,7 +209,7 @@ class GeneratorSession:
                 self._cut_step_short()
                 self._wakeup.set()
 
-    def _next_batch(self) -> list[bytes]:
+    def _next_batch(self) -> list[Payload]:
         room = self._limits.max_message // 2
         size = 0
         for count, value in enumerate(self._outbox):
