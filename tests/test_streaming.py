@@ -169,6 +169,27 @@ async def test_read_ahead_on_a_trio_worker(tmp_path: Path) -> None:
         assert [item async for item in gen] == list(range(1, 100))
 
 
+async def test_a_worker_killed_mid_stream_fails_the_consumer_promptly(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    async with wool.WorkerPool(size=1):
+        worker = await pid()
+        gen = stuck_after_first(str(tmp_path / "m"))
+        assert await gen.__anext__() == 1
+        os.kill(worker, signal.SIGKILL)
+        with anyio.fail_after(5), pytest.raises(wool.WorkerLost, match="stuck_after_first"):
+            await gen.__anext__()
+        with anyio.fail_after(30):  # the pool replaces the worker and keeps serving
+            assert await echo(b"after") == b"after"
+
+
+def test_prefetch_is_checked() -> None:
+    for bad in (-1, 1.5, True, 1 << 21):
+        with pytest.raises(ValueError, match="prefetch"):
+            wool.routine(prefetch=bad)(stuck_after_first.__wrapped__)  # type: ignore[arg-type, attr-defined]
+
+
 # Flow control
 
 

@@ -29,6 +29,7 @@ _Kind = Literal["function", "classmethod", "staticmethod"]
 
 #: Items an async generator routine may run ahead of its caller by default.
 DEFAULT_PREFETCH = 128
+_MAX_PREFETCH = 1 << 20
 
 
 class Routine(Generic[P, T]):
@@ -54,8 +55,12 @@ class Routine(Generic[P, T]):
             raise TypeError(f"@wool.routine needs an `async def` function, got {fn!r}")
         if grace is not None and not (math.isfinite(grace) and grace >= 0):
             raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise ValueError(f"prefetch must be a whole number of items >= 0, got {prefetch!r}")
+        whole = isinstance(prefetch, int) and not isinstance(prefetch, bool)  # pyright: ignore[reportUnnecessaryIsInstance]
+        if not (whole and 0 <= prefetch <= _MAX_PREFETCH):
+            raise ValueError(
+                f"prefetch must be a whole number of items from 0 to {_MAX_PREFETCH}, "
+                f"got {prefetch!r}"
+            )
         functools.update_wrapper(self, fn)
         self._name: str = fn.__qualname__
         self._fn = fn
