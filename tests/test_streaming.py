@@ -148,6 +148,19 @@ async def test_closing_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:
         assert marker.read_text() == "finally"
 
 
+async def test_throwing_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:
+    marker = tmp_path / "m"
+    async with wool.WorkerPool(size=1):
+        gen = stuck_after_first(str(marker))
+        assert await gen.__anext__() == 1
+        await anyio.sleep(0.1)  # the worker is now stuck in the next step
+        with anyio.fail_after(5), pytest.raises(KeyError):
+            await gen.athrow(KeyError("k"))  # as locally: raised from the first yield
+        assert marker.read_text() == "finally"
+        with pytest.raises(StopAsyncIteration):
+            await gen.__anext__()
+
+
 async def test_break_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:
     marker = tmp_path / "m"
     async with wool.WorkerPool(size=1):

@@ -122,7 +122,11 @@ class GeneratorSession:
         with anyio.CancelScope() as self._stepping:
             item = await self._agen.__anext__()
         self._stepping = None
-        if item is _CUT_SHORT or self._caller_gone or self._closing:
+        if item is _CUT_SHORT:
+            # Cancelled at an await, the generator has finished: a THROW or CLOSE that cut
+            # it short has nothing left to apply to (the caller takes it as too late).
+            return EXHAUSTED
+        if self._caller_gone or self._closing:
             return None  # nobody will read this item
         data = pickle_value(self._task, item, self._limits, what="a value yielded by")
         if isinstance(data, Response):
@@ -167,8 +171,10 @@ class GeneratorSession:
             if step.kind == StepKind.NEXT:
                 self._credit += max(step.count, 1)
             else:
+                # A step run ahead must not delay an exact one: the caller is at an
+                # earlier yield than the one the generator is heading for.
                 self._control = step
-                if step.kind == StepKind.CLOSE:
+                if step.kind != StepKind.SEND:
                     self._cut_step_short()
             self._wakeup.set()
 
