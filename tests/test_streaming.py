@@ -279,7 +279,7 @@ async def test_an_argument_over_the_limit_is_refused_before_sending() -> None:
             await echo(b"x" * (2 * MiB))
         message = str(caught.value)
         assert "over the maximum payload size of 1048576 bytes" in message
-        assert re.search(r"pickle to 2097\d{3} bytes", message)  # the size, stated
+        assert re.search(r"pickles to 2097\d{3} bytes", message)  # the size, stated
         assert await echo(b"still serving") == b"still serving"
 
 

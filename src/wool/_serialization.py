@@ -26,6 +26,7 @@ __all__ = [
     "dumps_payload",
     "loads",
     "loads_exception",
+    "too_large",
 ]
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -150,6 +151,15 @@ def dumps_payload(obj: Any) -> Payload:
     parts: list[bytes | memoryview] = [data, *(view.raw() for view in taken)]
     header = _SEGMENTED + _COUNT.pack(len(parts)) + b"".join(_LENGTH.pack(len(p)) for p in parts)
     return Segments([header, *parts])
+
+
+def too_large(what: str, size: int, limit: int) -> SerializationError:
+    """The error for a payload over ``max_payload_size``, naming what it was."""
+    return SerializationError(
+        f"{what} pickles to {size} bytes, over the maximum payload size of {limit} bytes; "
+        "send less at a time, or something the worker can load the data from (a path, an "
+        "address), or raise max_payload_size on the pool and its workers"
+    )
 
 
 def loads(data: bytes | memoryview) -> Any:

@@ -23,7 +23,7 @@ from wool._errors import (
     SerializationError,
     WorkerLost,
 )
-from wool._serialization import Payload, dumps_payload, loads, loads_exception
+from wool._serialization import Payload, dumps_payload, loads, loads_exception, too_large
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.routine import call_depth
@@ -334,13 +334,9 @@ class WorkerProxy:
 
     def _check_sizes(self, routine: str, function: bytes, arguments: Payload) -> None:
         """Refuse, before sending anything, a call too large for the limits."""
-        limit = self.limits.max_payload
-        if len(arguments) > limit:
-            raise SerializationError(
-                f"the arguments of {routine!r} pickle to {len(arguments)} bytes, over the "
-                f"maximum payload size of {limit} bytes; pass less at a time, or something "
-                "the worker can load the data from (a path, an address), or raise the pool's "
-                "max_payload_size"
+        if len(arguments) > self.limits.max_payload:
+            raise too_large(
+                f"the argument tuple of {routine!r}", len(arguments), self.limits.max_payload
             )
         room = self.limits.max_message - 1024
         if len(function) > room:
@@ -568,10 +564,7 @@ def _dumps_value(value: Any, limits: Limits) -> bytes:
             f"the value sent ({type(value).__name__}) cannot be pickled: {exc}"
         ) from exc
     if len(data) > limits.max_payload:
-        raise SerializationError(
-            f"the value sent ({type(value).__name__}) pickles to {len(data)} bytes, over the "
-            f"maximum payload size of {limits.max_payload} bytes"
-        )
+        raise too_large(f"the value sent ({type(value).__name__})", len(data), limits.max_payload)
     return cast(bytes, data)  # a Payload in a bytes field: see framing.split
 
 

@@ -19,6 +19,9 @@ __all__ = ["DEFAULT_LIMITS", "Assembler", "Limits", "split"]
 
 M = TypeVar("M", Request, Response)
 
+# A message must hold a task's pickled routine (refused above max_message - 1024 bytes).
+_MIN_MESSAGE = 64 * 1024
+
 # Room for a message's own small fields and protobuf framing around a payload part.
 _OVERHEAD = 128
 
@@ -36,9 +39,9 @@ class Limits:
     max_payload: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        if self.max_message < 1024:
+        if self.max_message < _MIN_MESSAGE:
             raise ValueError(
-                f"max_message_size must be at least 1024 bytes, got {self.max_message}"
+                f"max_message_size must be at least {_MIN_MESSAGE} bytes, got {self.max_message}"
             )
         if self.max_payload < 1:
             raise ValueError(f"max_payload_size must be a positive size, got {self.max_payload}")
@@ -64,22 +67,6 @@ def payload(message: Request | Response) -> Payload | None:
     elif message.failure is not None:
         found = message.failure.exception
     return found
-
-
-def _set_payload(message: Request | Response, data: bytes) -> None:
-    if isinstance(message, Request):
-        if message.task is not None:
-            message.task.arguments = data
-        elif message.step is not None:
-            message.step.value = data
-    elif message.result is not None:
-        message.result = data
-    elif message.item is not None:
-        message.item = data
-    elif message.items is not None:
-        message.items.values[0] = data
-    elif message.failure is not None:
-        message.failure.exception = data
 
 
 def _joined(data: Payload) -> bytes:
@@ -240,9 +227,10 @@ class Assembler:
                 )
             self._check(self._size + len(last))
             self._parts.append(last)
-            _set_payload(message, b"".join(self._parts))
+            whole = _with_payload(message, b"".join(self._parts))
             self._parts.clear()
             self._size = 0
+            return cast(M, whole)
         return message
 
     def _check(self, size: int) -> None:

@@ -88,30 +88,29 @@ class _QuietFrames(FrameBuffer):
         return frame
 
 
-def _tune(protocol: H2Protocol, settings: dict[int, int]) -> None:
-    """Set up a new connection: larger frames, quiet DATA frames, and ``settings``."""
-    h2 = protocol.connection._connection
-    old = h2.incoming_buffer
-    quiet = _QuietFrames(server=not h2.config.client_side)
-    quiet.__dict__.update(old.__dict__)
-    h2.incoming_buffer = quiet
-    table = h2._frame_dispatch_table  # pyright: ignore[reportPrivateUsage]
-    table[_QuietDataFrame] = table[DataFrame]
-    h2.update_settings({SettingCodes.MAX_FRAME_SIZE: _MAX_FRAME_SIZE, **settings})
-    protocol.connection.flush()
+def _tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
+    """``protocol``, set up to give each new connection coalesced writes, larger frames,
+    quiet DATA frames, and ``settings``."""
+    connection_made = protocol.connection_made
+
+    def setup(transport: Any) -> None:
+        connection_made(CoalescingTransport(transport))
+        h2 = protocol.connection._connection
+        quiet = _QuietFrames(server=not h2.config.client_side)
+        quiet.__dict__.update(h2.incoming_buffer.__dict__)
+        h2.incoming_buffer = quiet
+        table = h2._frame_dispatch_table  # pyright: ignore[reportPrivateUsage]
+        table[_QuietDataFrame] = table[DataFrame]
+        h2.update_settings({SettingCodes.MAX_FRAME_SIZE: _MAX_FRAME_SIZE, **settings})
+        protocol.connection.flush()
+
+    protocol.connection_made = setup  # type: ignore[method-assign]
+    return protocol
 
 
 class _Channel(grpclib.client.Channel):
     def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
-        connection_made = protocol.connection_made
-
-        def setup(transport: Any) -> None:
-            connection_made(CoalescingTransport(transport))
-            _tune(protocol, {})
-
-        protocol.connection_made = setup  # type: ignore[method-assign]
-        return protocol
+        return _tuned(super()._protocol_factory(), {})
 
 
 class _Codec(CodecBase):
@@ -499,15 +498,10 @@ def _malformed(detail: str) -> Response:
 
 class _GrpcServer(grpclib.server.Server):
     def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
-        connection_made = protocol.connection_made
-
-        def setup(transport: Any) -> None:
-            connection_made(CoalescingTransport(transport))
-            _tune(protocol, {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS})
-
-        protocol.connection_made = setup  # type: ignore[method-assign]
-        return protocol
+        return _tuned(
+            super()._protocol_factory(),
+            {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS},
+        )
 
 
 class Server:

@@ -11,7 +11,7 @@ from typing import Any, cast
 import anyio
 
 from wool._errors import SerializationError
-from wool._serialization import Payload, dumps_exception, dumps_payload, loads
+from wool._serialization import Payload, dumps_exception, dumps_payload, loads, too_large
 from wool.routine import Routine, call_depth
 from wool.transport import DEFAULT_LIMITS, Cancelled, Exhausted, Failure, Limits, Response, Task
 
@@ -130,10 +130,8 @@ def pickle_value(task: Task, value: Any, limits: Limits, *, what: str) -> Payloa
         )
     if len(data) > limits.max_payload:
         return failure(
-            SerializationError(
-                f"{what} {task.routine!r} ({type(value).__name__}) pickles to {len(data)} "
-                f"bytes, over the maximum payload size of {limits.max_payload} bytes; "
-                "raise max_payload_size or send less at a time"
+            too_large(
+                f"{what} {task.routine!r} ({type(value).__name__})", len(data), limits.max_payload
             )
         )
     return data
