@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import inspect
 import io
+import marshal
 import pickle
 import struct
 import traceback
 from collections.abc import Callable
-from types import TracebackType, WrapperDescriptorType
+from types import CodeType, TracebackType, WrapperDescriptorType
 from typing import Any
 
 import cloudpickle
@@ -40,6 +41,8 @@ class _Pickler(cloudpickle.Pickler):
     """
 
     def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is CodeType:
+            return _reduce_code(obj)
         if isinstance(obj, BaseException):
             if isinstance(type(obj).__init__, WrapperDescriptorType):
                 return _reduce_builtin_exception(obj, self.proto)
@@ -47,6 +50,17 @@ class _Pickler(cloudpickle.Pickler):
         if isinstance(obj, TracebackType):
             return pickle_traceback(obj)
         return super().reducer_override(obj)
+
+
+def _reduce_code(code: CodeType) -> Any:
+    # cloudpickle >= 3.1.3 renames every code object it pickles by value "<dynamic-code>",
+    # so a worker's frames of a routine defined in a script would lose their file and
+    # source line. marshal keeps every field, those of nested code objects too; like
+    # cloudpickle's own reduction it needs the same Python on both sides.
+    try:
+        return marshal.loads, (marshal.dumps(code),)
+    except ValueError:  # a constant that marshal cannot write (code built by hand)
+        return NotImplemented
 
 
 def _reduce_builtin_exception(exc: BaseException, protocol: int) -> Any:

@@ -11,7 +11,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import anyio
 import betterproto2
@@ -24,6 +24,7 @@ from wool._errors import (
     WorkerLost,
 )
 from wool._serialization import Payload, dumps_payload, loads, loads_exception, too_large
+from wool._tracebacks import raise_remote
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.routine import call_depth
@@ -375,7 +376,7 @@ async def _outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -
                 f"the value returned by {routine!r} cannot be unpickled here: {exc}"
             ) from exc
     if kind == "failure":
-        _raise_remote(loads_exception(body.exception, body.type, body.message, body.traceback))
+        raise_remote(loads_exception(body.exception, body.type, body.message, body.traceback))
     if kind == "cancelled":
         if body.deadline:
             # The worker ran out the caller's own deadline first; the caller's scope is
@@ -395,19 +396,6 @@ async def _outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -
             return await _outcome("cancelled", _Deadline, routine, worker)
         raise ProtocolError(f"worker {worker.id} refused {routine!r}: {body.detail}")
     raise ProtocolError(f"worker {worker.id} sent an unknown answer for {routine!r}: {kind!r}")
-
-
-def _raise_remote(exc: BaseException) -> NoReturn:
-    """Raise an exception from a worker as the routine raised it.
-
-    A ``raise`` sets ``__context__`` to whatever the caller is handling; the routine's own
-    context is the one that belongs there.
-    """
-    context = exc.__context__
-    try:
-        raise exc
-    finally:
-        exc.__context__ = context
 
 
 class _Deadline:
@@ -501,7 +489,7 @@ class RemoteGenerator:
         exception propagates, as it would from a generator that does not catch it, and a
         close succeeds."""
         if kind == StepKind.THROW:
-            _raise_remote(value)
+            raise_remote(value)
         return True, None
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ import anyio
 
 from wool._errors import NoPoolError, WorkerLost
 from wool._serialization import Payload, dumps_arguments, dumps_function
+from wool._tracebacks import hide_dispatch_frames
 from wool.routine._analysis import reads_ahead_safely
 from wool.routine._context import Dispatcher, current_dispatcher
 from wool.transport import StepKind
@@ -101,9 +102,13 @@ class Routine(Generic[P, T]):
 
     async def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         dispatcher, function, arguments, timeout = self._prepare(args, kwargs)
-        return await dispatcher.call(
-            self._name, function, arguments, grace=self._grace, timeout=timeout
-        )
+        try:
+            return await dispatcher.call(
+                self._name, function, arguments, grace=self._grace, timeout=timeout
+            )
+        except BaseException as exc:
+            hide_dispatch_frames(exc)
+            raise
 
     async def _stream(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -115,27 +120,31 @@ class Routine(Generic[P, T]):
         if self._window is None:
             self._window = self._prefetch if reads_ahead_safely(self._fn) else 0
         window = self._window
-        async with dispatcher.generator(
-            self._name, function, arguments, grace=self._grace, timeout=timeout, prefetch=window
-        ) as remote:
-            done, item = await remote.next()
-            while not done:
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    # A worker that is gone has closed the generator already (it closes
-                    # the generators of callers whose connection drops).
-                    with contextlib.suppress(WorkerLost):
-                        await remote.control(StepKind.CLOSE)
-                    raise
-                except BaseException as exc:
-                    done, item = await remote.control(StepKind.THROW, exc)
-                    continue
-                if sent is None or window:
-                    # A generator that reads ahead ignores what is sent to it.
-                    done, item = await remote.next()
-                else:
-                    done, item = await remote.control(StepKind.SEND, sent)
+        try:
+            async with dispatcher.generator(
+                self._name, function, arguments, grace=self._grace, timeout=timeout, prefetch=window
+            ) as remote:
+                done, item = await remote.next()
+                while not done:
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        # A worker that is gone has closed the generator already (it closes
+                        # the generators of callers whose connection drops).
+                        with contextlib.suppress(WorkerLost):
+                            await remote.control(StepKind.CLOSE)
+                        raise
+                    except BaseException as exc:
+                        done, item = await remote.control(StepKind.THROW, exc)
+                        continue
+                    if sent is None or window:
+                        # A generator that reads ahead ignores what is sent to it.
+                        done, item = await remote.next()
+                    else:
+                        done, item = await remote.control(StepKind.SEND, sent)
+        except BaseException as exc:
+            hide_dispatch_frames(exc)
+            raise
 
     def run_here(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Run the function in this process (what a worker does with a call)."""

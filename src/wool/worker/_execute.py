@@ -12,6 +12,7 @@ import anyio
 
 from wool._errors import SerializationError
 from wool._serialization import Payload, dumps_exception, dumps_payload, loads, too_large
+from wool._tracebacks import without_wool_frames
 from wool.routine import Routine, call_depth
 from wool.transport import DEFAULT_LIMITS, Cancelled, Exhausted, Failure, Limits, Response, Task
 
@@ -26,6 +27,7 @@ EXHAUSTED = Response(exhausted=Exhausted())
 
 
 def failure(exc: BaseException, limits: Limits = DEFAULT_LIMITS) -> Response:
+    without_wool_frames(exc)
     data, type_name, message, text = dumps_exception(exc)
     if len(data) > limits.max_payload:
         data = b""  # the caller still gets its type, message and traceback
