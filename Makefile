@@ -4,18 +4,28 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: env test demo bench proto proto-check lint clean
+.PHONY: env test test-on test-lowest demo bench proto proto-check lint clean
 
+# CONSTRAINTS=file pins what the environment installs (see test-lowest).
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(READY)
 
 env: $(READY)
 
 test: $(READY)
 	$(BIN)/python -m pytest
+
+# The suite on one more interpreter, in an environment of its own: make test-on PY=python3.12
+test-on:
+	$(MAKE) test PYTHON=$(PY) VENV=.venv-$(notdir $(PY))
+
+# The suite with every dependency at the lowest version pyproject.toml allows.
+test-lowest:
+	$(PYTHON) .ci/lowest.py pyproject.toml > .ci/lowest.txt
+	$(MAKE) test VENV=.venv-lowest CONSTRAINTS=.ci/lowest.txt
 
 demo: $(READY)
 	$(BIN)/python examples/quickstart.py
@@ -36,4 +46,4 @@ lint: $(READY)
 	$(BIN)/pyright
 
 clean:
-	rm -rf $(VENV) build dist
+	rm -rf $(VENV) .venv-* .ci/lowest.txt build dist

@@ -10,8 +10,9 @@ import contextlib
 import functools
 import logging
 import socket
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 import grpclib.client
@@ -497,11 +498,19 @@ def _malformed(detail: str) -> Response:
 
 
 class _GrpcServer(grpclib.server.Server):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # grpclib keeps no handle on its connections, and Python >= 3.12.1's
+        # Server.wait_closed() waits for every one of them to close (gh-79033).
+        self.connections: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
     def _protocol_factory(self) -> H2Protocol:
-        return _tuned(
+        protocol = _tuned(
             super()._protocol_factory(),
             {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS},
         )
+        self.connections.add(protocol)
+        return protocol
 
 
 class Server:
@@ -530,7 +539,23 @@ class Server:
         return self.port
 
     async def close(self) -> None:
-        """Cancel what still runs and close every connection."""
+        """Stop listening, cancel what still runs, let the cancelled handlers answer for
+        a moment, then close every connection. Bounded: callers that stay connected
+        cannot hold a stopping worker."""
         with contextlib.suppress(RuntimeError):
             self._server.close()
-        await self._server.wait_closed()
+        with anyio.move_on_after(_HANDLERS_ANSWER):
+            async with anyio.create_task_group() as tg:
+                for protocol in list(self._server.connections):
+                    handler = cast(grpclib.server.Handler, protocol.handler)
+                    tg.start_soon(handler.wait_closed)
+        for protocol in list(self._server.connections):
+            with contextlib.suppress(AttributeError):  # never connected
+                protocol.processor.close("the worker stopped")
+        with anyio.move_on_after(_HANDLERS_ANSWER):
+            await self._server.wait_closed()
+
+
+# How long a stopping server waits for cancelled handlers to answer, then for its
+# connections to close.
+_HANDLERS_ANSWER = 1.0
