@@ -163,10 +163,12 @@ async def test_pool_exit_when_body_raises_stops_workers() -> None:
 
 async def test_pool_exit_when_body_is_cancelled_stops_workers() -> None:
     pids: list[int] = []
-    with anyio.move_on_after(1):
+    with anyio.CancelScope() as scope:
         async with wool.WorkerPool(size=2) as pool:
             pids = [w.pid for w in pool.workers]
+            scope.cancel()
             await anyio.sleep_forever()
+    assert scope.cancelled_caught
     assert len(pids) == 2
     for pid in pids:
         with pytest.raises(ProcessLookupError):
