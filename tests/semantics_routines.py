@@ -86,7 +86,7 @@ async def in_cancelled_scope(log: str) -> AsyncGenerator[int, None]:
 async def in_shielded_scope(log: str) -> AsyncGenerator[int, None]:
     with anyio.CancelScope(shield=True):
         yield 1
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         yield 2
     note(log, "left the shield")
     yield 3
@@ -227,3 +227,16 @@ GENERATORS: list[Callable[[str], AsyncGenerator[Any, Any]]] = [
 ROUTINES: dict[str, tuple[Any, Any]] = {
     fn.__name__: (wool.routine(fn), wool.routine(prefetch=0)(fn)) for fn in GENERATORS
 }
+
+
+@wool.routine(prefetch=0)
+async def paused(log: str) -> AsyncGenerator[int, None]:
+    """Notes that it started, then yields 0, 1, 2, ... one step at a time."""
+    note(log, "started")
+    try:
+        i = 0
+        while True:
+            yield i
+            i += 1
+    finally:
+        await cleanup(log)

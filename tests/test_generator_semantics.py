@@ -146,7 +146,9 @@ SCENARIOS: dict[str, tuple[str, Consumer]] = {
 }
 
 
-async def play(consume: Consumer, fn: Callable[[str], AsyncGenerator[Any, Any]], log: Path) -> list[str]:
+async def play(
+    consume: Consumer, fn: Callable[[str], AsyncGenerator[Any, Any]], log: Path
+) -> list[str]:
     await consume(lambda: fn(str(log)), str(log))
     return lines(str(log))
 

@@ -82,9 +82,7 @@ def _leaves(statements: list[ast.stmt]) -> bool:
     exception it was unwinding."""
     jumps = (ast.Return, ast.Break, ast.Continue)
     return any(
-        isinstance(node, jumps)
-        for statement in statements
-        for node in _walk_here(statement)
+        isinstance(node, jumps) for statement in statements for node in _walk_here(statement)
     )
 
 
