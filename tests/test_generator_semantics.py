@@ -175,3 +175,70 @@ def test_the_scenarios_read_ahead_where_the_source_allows_it() -> None:
     assert reads_ahead_safely(gens.slow_third)
     for exact in (gens.suppressing, gens.replacing, gens.swallowing, gens.in_task_group):
         assert not reads_ahead_safely(exact)
+
+
+async def _plain(log: str) -> AsyncGenerator[int, None]:
+    try:
+        yield 1
+    finally:
+        note(log, "finally")
+
+
+async def _finally_returns(log: str) -> AsyncGenerator[int, None]:
+    try:
+        yield 1
+    finally:
+        return  # noqa: B012 - drops the exception it was unwinding
+
+
+async def _catches(log: str) -> AsyncGenerator[int, None]:
+    try:
+        yield 1
+    except ValueError:
+        pass
+
+
+async def _with_around(log: str) -> AsyncGenerator[int, None]:
+    with open(log):
+        yield 1
+
+
+async def _async_with_around(log: str) -> AsyncGenerator[int, None]:
+    async with gens.Swallowing():
+        yield 1
+
+
+async def _uses_sends(log: str) -> AsyncGenerator[int, int]:
+    received = yield 1
+    note(log, str(received))
+
+
+async def _with_before_the_yield(log: str) -> AsyncGenerator[int, None]:
+    with open(log):
+        pass
+    yield 1
+
+
+def _without_source() -> Any:
+    namespace: dict[str, Any] = {}
+    exec("async def made():\n    yield 1\n", namespace)
+    return namespace["made"]
+
+
+@pytest.mark.parametrize(
+    ("fn", "reads_ahead"),
+    [
+        (_plain, True),
+        (_with_before_the_yield, True),
+        (_finally_returns, False),
+        (_catches, False),
+        (_with_around, False),
+        (_async_with_around, False),
+        (_uses_sends, False),
+        (_without_source(), False),
+    ],
+)
+def test_read_ahead_only_where_no_yield_can_see_a_thrown_exception_changed(
+    fn: Any, reads_ahead: bool
+) -> None:
+    assert reads_ahead_safely(fn) is reads_ahead

@@ -82,6 +82,7 @@ class GeneratorSession:
     async def _serve(self) -> Response:
         run, args, kwargs = load_call(self._task)
         self._agen = run(*args, **kwargs)
+        final = EXHAUSTED
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._read_steps)
