@@ -240,3 +240,12 @@ async def paused(log: str) -> AsyncGenerator[int, None]:
             i += 1
     finally:
         await cleanup(log)
+
+
+@wool.routine
+async def scope_expires_between_steps(log: str) -> AsyncGenerator[int, None]:
+    with anyio.move_on_after(0.2):
+        yield 1
+        yield 99
+    note(log, "moved on")
+    yield 2

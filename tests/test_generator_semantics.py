@@ -242,3 +242,19 @@ def test_read_ahead_only_where_no_yield_can_see_a_thrown_exception_changed(
     fn: Any, reads_ahead: bool
 ) -> None:
     assert reads_ahead_safely(fn) is reads_ahead
+
+
+async def test_a_scope_that_expires_between_steps_is_handled_at_the_yield(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    # Locally the consumer's own task would take this cancellation (anyio and trio warn
+    # against it); on the worker it is thrown in at the yield, where the generator's scope
+    # catches it, as trio's as_safe_channel does.
+    log = str(tmp_path / "log")
+    async with wool.WorkerPool(size=1, backend=anyio_backend):
+        gen = gens.scope_expires_between_steps(log)
+        assert await gen.__anext__() == 1
+        await gens.until_noted(log, "moved on")
+        assert await gen.__anext__() == 2
+        with pytest.raises(StopAsyncIteration):
+            await gen.__anext__()

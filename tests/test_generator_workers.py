@@ -59,7 +59,7 @@ async def test_a_paused_generator_is_cancelled_once_the_drain_grace_runs_out(
             assert await gen.__anext__() == 0
             worker.process.send_signal(signal.SIGTERM)
             await until_noted(log, "shielded cleanup ran")
-            with pytest.raises(wool.WorkerLost, match="stopped and cancelled"):
+            with pytest.raises(wool.WorkerLost):  # cancelled, or gone once it was
                 await gen.__anext__()
             # Closed at its yield under the drain's cancellation, as a cancelled local
             # consumer would close it.

@@ -138,7 +138,7 @@ class GeneratorSession:
                 # A scope the generator left open across its yield was cancelled (its
                 # deadline passed, a task of its task group failed): thrown in at the
                 # yield, so that the scope handles it, as as_safe_channel does.
-                self._held = await self._agen.athrow(exc)
+                self._held = await self._step(self._agen.athrow(exc), None)
         step, self._control = self._control, None
         return step
 
@@ -194,12 +194,14 @@ class GeneratorSession:
         """
         self._steps += 1
         self._stepping = True
-        self._driving.deadline = math.inf if deadline is None else deadline
+        if deadline is not None:
+            self._driving.deadline = deadline
         try:
             return await step
         finally:
             self._stepping = False
-            self._driving.deadline = math.inf
+            if deadline is not None:
+                self._driving.deadline = math.inf
 
     async def _read_steps(self) -> None:
         while True:
