@@ -11,6 +11,15 @@ import anyio.to_thread
 import pytest
 
 import wool
+from wool.transport import (
+    PROTOCOL_VERSION,
+    Request,
+    Response,
+    Task,
+    asyncio_executor,
+    portal_for_host,
+)
+from wool.worker._service import WorkerService
 
 from .semantics_routines import lines, note, paused, until_noted
 from .test_discovery import Worker, start_worker
@@ -99,3 +108,31 @@ async def test_concurrency_applies_to_generator_calls(tmp_path: Path) -> None:
             ]
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the handler runs on grpclib's loop
+async def test_a_worker_bug_in_a_generator_call_is_answered_not_reset() -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug in the worker")
+
+    executor = asyncio_executor()
+    executor.start = broken  # type: ignore[method-assign]
+    portal = portal_for_host()
+    service = WorkerService(executor, portal, default_grace=1, on_stop_request=lambda _: None)
+    sent: list[Response] = []
+
+    async def receive() -> Request | None:
+        return None
+
+    async def send(response: Response) -> None:
+        sent.append(response)
+
+    task = Task(version=PROTOCOL_VERSION, id="g", grace=1.0, generator=True)
+    try:
+        await service.stream(Request(task=task), receive, send)  # does not raise
+    finally:
+        portal.close()
+    [answer] = sent
+    assert answer.failure is not None
+    assert "the worker failed the call" in answer.failure.message
+    assert "a bug in the worker" in answer.failure.message
