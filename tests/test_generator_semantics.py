@@ -127,6 +127,9 @@ async def timeout_of_a_later_step(make: Make, log: str) -> None:
     await step(log, "anext", gen.__anext__())
 
 
+# The four scenarios of ../shared/review/r3_generator_semantics.py are here: r3 (a) is
+# "aclose while reading ahead", (b) "yield inside fail_after", (c) "athrow at a yield inside
+# contextlib.suppress" and (d) "a deadline on the first step only".
 SCENARIOS: dict[str, tuple[str, Consumer]] = {
     "yield inside move_on_after": ("in_move_on_after", iterate),
     "yield inside fail_after": ("in_fail_after", iterate),
