@@ -10,6 +10,8 @@ import anyio
 
 import wool
 
+from .semantics_routines import cleanup, note
+
 
 def _count(path: str) -> None:
     """Note one more item produced (the file holds the count)."""
@@ -61,6 +63,20 @@ async def stuck_after_first(marker: str) -> AsyncGenerator[int, None]:
         yield 2
     finally:
         Path(marker).write_text("finally")
+
+
+@wool.routine
+async def gated(log: str, gate: str) -> AsyncGenerator[int, None]:
+    """Yields 1; read ahead, its next step waits for the ``gate`` file, then yields 2."""
+    try:
+        yield 1
+        note(log, "step 2 began")
+        while not Path(gate).exists():
+            await anyio.sleep(0.005)
+        note(log, "reached yield 2")
+        yield 2
+    finally:
+        await cleanup(log)
 
 
 @wool.routine

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from wool.transport._framing import Assembler, Limits, split
 from wool.transport._grpc import _Codec  # pyright: ignore[reportPrivateUsage]
 from wool.transport._protocol.wool.v1 import Chunk, Request, Response, Task
 
+from .semantics_routines import lines, note, until_noted
 from .stream_routines import (
     accumulate,
     countdown,
@@ -22,6 +22,7 @@ from .stream_routines import (
     counted_lockstep,
     echo,
     echo_sends,
+    gated,
     make_bytes,
     payloads,
     pid,
@@ -55,11 +56,18 @@ async def test_iteration_reads_ahead_up_to_the_window(tmp_path: Path) -> None:
         gen = counted(100, str(count))
         assert await gen.__anext__() == 0
         await wait_for_count(count, 5)  # the item asked for and a window of 4
-        await anyio.sleep(0.3)
-        assert produced(count) == 5
-        assert [await gen.__anext__() for _ in range(4)] == [1, 2, 3, 4]
-        await wait_for_count(count, 5 + 2)  # topped up once half the window was used
+        await gen.aclose()  # applied at the yield the worker stopped at
+        assert produced(count) == 5  # it ran no further than granted
+
+
+async def test_the_window_is_topped_up_as_items_are_taken(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with wool.WorkerPool(size=1):
+        gen = counted(100, str(count))
+        assert [await gen.__anext__() for _ in range(5)] == [0, 1, 2, 3, 4]
+        await wait_for_count(count, 5 + 2)  # topped up once a quarter of the window was used
         await gen.aclose()
+        assert produced(count) <= 5 + 4  # never more than the items taken and the window
 
 
 async def test_prefetch_zero_steps_in_lock_step(tmp_path: Path) -> None:
@@ -67,12 +75,9 @@ async def test_prefetch_zero_steps_in_lock_step(tmp_path: Path) -> None:
     async with wool.WorkerPool(size=1):
         gen = counted_lockstep(100, str(count))
         assert await gen.__anext__() == 0
-        await anyio.sleep(0.3)
-        assert produced(count) == 1
         assert await gen.__anext__() == 1
-        await anyio.sleep(0.3)
+        await gen.aclose()  # applied at the yield the worker stopped at
         assert produced(count) == 2
-        await gen.aclose()
 
 
 async def test_a_generator_that_takes_sends_never_runs_ahead(tmp_path: Path) -> None:
@@ -80,13 +85,10 @@ async def test_a_generator_that_takes_sends_never_runs_ahead(tmp_path: Path) -> 
     async with wool.WorkerPool(size=1):
         gen = accumulate(str(count))
         assert await gen.__anext__() == 0
-        steps = 1
         for value, total in [(5, 5), (10, 15), (1, 16)]:
-            await anyio.sleep(0.2)
-            assert produced(count) == steps  # nothing ran ahead of the send
             assert await gen.asend(value) == total
-            steps += 1
         await gen.aclose()
+        assert produced(count) == 4  # one step per item taken: nothing ran ahead
 
 
 READ_AHEAD_SCRIPTS: dict[str, list[Op]] = {
@@ -137,40 +139,79 @@ async def test_a_generator_that_failed_ahead_matches_the_local_one(
     assert remote == local
 
 
-async def test_closing_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:
-    marker = tmp_path / "m"
+async def test_closing_waits_for_a_read_ahead_step_to_reach_its_yield(tmp_path: Path) -> None:
+    log, gate = str(tmp_path / "log"), tmp_path / "gate"
     async with wool.WorkerPool(size=1):
-        with anyio.fail_after(5):
-            async with contextlib.aclosing(stuck_after_first(str(marker))) as gen:
-                assert await gen.__anext__() == 1
-                await anyio.sleep(0.1)  # the worker is now stuck in the next step
-        # aclose() returned after the remote finally ran, without waiting out the sleep
-        assert marker.read_text() == "finally"
-
-
-async def test_throwing_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:
-    marker = tmp_path / "m"
-    async with wool.WorkerPool(size=1):
-        gen = stuck_after_first(str(marker))
+        gen = gated(log, str(gate))
         assert await gen.__anext__() == 1
-        await anyio.sleep(0.1)  # the worker is now stuck in the next step
-        with anyio.fail_after(5), pytest.raises(KeyError):
-            await gen.athrow(KeyError("k"))  # as locally: raised from the first yield
-        assert marker.read_text() == "finally"
+        await until_noted(log, "step 2 began")  # read ahead: the worker is inside step 2
+
+        async def close() -> None:
+            await gen.aclose()
+            note(log, "aclose returned")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(close)
+            await anyio.sleep(0.2)  # lets the CLOSE reach the worker first (not asserted)
+            note(log, "gate opened")
+            gate.touch()
+    # Applied at the yield the step reached, as locally: the finally's awaits ran.
+    assert lines(log) == [
+        "step 2 began",
+        "gate opened",
+        "reached yield 2",
+        "finally",
+        "cleanup awaited",
+        "aclose returned",
+    ]
+
+
+async def test_throwing_waits_for_a_read_ahead_step_to_reach_its_yield(tmp_path: Path) -> None:
+    log, gate = str(tmp_path / "log"), tmp_path / "gate"
+    async with wool.WorkerPool(size=1):
+        gen = gated(log, str(gate))
+        assert await gen.__anext__() == 1
+        await until_noted(log, "step 2 began")
+
+        async def throw() -> None:
+            with pytest.raises(KeyError):  # as locally: it catches nothing at its yields
+                await gen.athrow(KeyError("k"))
+            note(log, "athrow raised")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(throw)
+            await anyio.sleep(0.2)  # lets the THROW reach the worker first (not asserted)
+            note(log, "gate opened")
+            gate.touch()
         with pytest.raises(StopAsyncIteration):
             await gen.__anext__()
+    assert lines(log) == [
+        "step 2 began",
+        "gate opened",
+        "reached yield 2",
+        "finally",
+        "cleanup awaited",
+        "athrow raised",
+    ]
 
 
-async def test_break_cuts_a_read_ahead_step_short(tmp_path: Path) -> None:
-    marker = tmp_path / "m"
-    async with wool.WorkerPool(size=1):
-        with anyio.fail_after(5):
-            async for item in stuck_after_first(str(marker)):
-                assert item == 1
-                break
-            while not marker.exists():
-                await anyio.sleep(0.01)
-        assert marker.read_text() == "finally"
+async def test_a_read_ahead_step_is_cancelled_once_the_grace_runs_out(tmp_path: Path) -> None:
+    log, gate = str(tmp_path / "log"), tmp_path / "gate"
+    async with wool.WorkerPool(size=1, grace=0.5):
+        gen = gated(log, str(gate))  # the gate never opens
+        assert await gen.__anext__() == 1
+        await until_noted(log, "step 2 began")
+        with anyio.fail_after(10):
+            await gen.aclose()
+        note(log, "aclose returned")
+    # The step never reached its yield: it was cancelled, and its finally ran cancelled.
+    assert lines(log) == [
+        "step 2 began",
+        "finally",
+        "cleanup cancelled",
+        "shielded cleanup ran",
+        "aclose returned",
+    ]
 
 
 async def test_read_ahead_on_a_trio_worker(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import os
 import uuid
 from collections import deque
@@ -430,7 +431,7 @@ class RemoteGenerator:
 
     async def start(self) -> Response:
         """Ask for the first item (and the window after it); return the first answer."""
-        await self._grant(self._window + 1)
+        await self._grant(self._window + 1, _time_left())
         response = await self._receive()
         self._take(response)
         return response
@@ -440,7 +441,9 @@ class RemoteGenerator:
             if self._final is not None:
                 return await self._conclude(self._final)
             if not self._granted:
-                await self._grant(self._window + 1)
+                # The worker is idle: the first item granted is this caller's, and only
+                # its step runs under this caller's deadline.
+                await self._grant(self._window + 1, _time_left())
             self._take(await self._receive())
         data = self._buffer.popleft()
         ahead = self._granted + len(self._buffer)
@@ -459,6 +462,7 @@ class RemoteGenerator:
             Step(
                 kind=kind,
                 value=b"" if kind == StepKind.CLOSE else _dumps_value(value, self._proxy.limits),
+                timeout=_time_left(),
             )
         )
         while True:
@@ -523,8 +527,8 @@ class RemoteGenerator:
                 f"a value yielded by {self._routine!r} cannot be unpickled here: {exc}"
             ) from exc
 
-    async def _grant(self, count: int) -> None:
-        await self._send(Step(kind=StepKind.NEXT, count=count))
+    async def _grant(self, count: int, timeout: float | None = None) -> None:
+        await self._send(Step(kind=StepKind.NEXT, count=count, timeout=timeout))
         self._granted += count
 
     async def _send(self, step: Step) -> None:
@@ -538,6 +542,12 @@ class RemoteGenerator:
             return await self._proxy._portal.run(self._call.receive)
         except ConnectionLost as exc:
             raise self._proxy._lost(self._worker, self._routine, exc) from None
+
+
+def _time_left() -> float | None:
+    """Seconds until the current task's deadline, None without one."""
+    deadline = anyio.current_effective_deadline()
+    return None if deadline == math.inf else deadline - anyio.current_time()
 
 
 def _type_name(value: object) -> str:

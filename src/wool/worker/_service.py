@@ -119,8 +119,23 @@ class WorkerService:
         receive: Callable[[], Coroutine[Any, Any, Request | None]],
         send: Callable[[Response], Coroutine[Any, Any, None]],
     ) -> None:
+        try:
+            final = await self._stream(request, receive, send)
+        except Exception as exc:  # a worker bug must reach the caller as an answer, not a reset
+            log.exception("generator call failed inside the worker")
+            final = failure(WoolError(f"the worker failed the call: {exc!r}"))
+        with contextlib.suppress(Exception):  # the caller may be gone
+            await send(final)
+
+    async def _stream(
+        self,
+        request: Request,
+        receive: Callable[[], Coroutine[Any, Any, Request | None]],
+        send: Callable[[Response], Coroutine[Any, Any, None]],
+    ) -> Response:
         task = request.task
-        assert task is not None
+        if task is None:
+            return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
         portal = self._portal
 
         # The session calls these from the worker's backend; the stream lives on grpclib's loop.
@@ -131,9 +146,7 @@ class WorkerService:
             await portal.run(send, response)
 
         session = GeneratorSession(task, self.limits, receive_step, send_answer)
-        final = await self._admit(task, session.run)
-        with contextlib.suppress(Exception):  # the caller may be gone
-            await send(final)
+        return await self._admit(task, session.run)
 
     async def _execute(
         self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]

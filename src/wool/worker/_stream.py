@@ -1,15 +1,21 @@
 """An async generator routine on a worker, driven by its caller's Steps.
 
-The whole call runs as one execution on the worker's backend. Three tasks share it:
+The generator runs the way trio's ``as_safe_channel`` runs one: every step of it is taken
+by one task of its own (the *driver*), with no cancel scope wrapped around a step, so the
+generator's own cancel scopes and task groups nest as they do locally, across its yields
+too. Two more tasks share the call:
 
-- the *producer* runs the generator: one step per item the caller granted (NEXT), and
-  SEND, THROW and CLOSE exactly when they come, before any further step;
-- the *reader* takes the caller's Steps off the stream;
-- the *sender* ships produced items in batches while the generator runs on: whatever
-  accumulated while the last batch was being sent goes out as the next one.
+- the *reader* takes the caller's Steps off the stream: NEXT grants items, SEND, THROW and
+  CLOSE are exact;
+- the *sender* ships produced items in batches while the generator runs on (whatever
+  accumulated while the last batch was being sent goes out as the next one), then the
+  answers to exact steps.
 
-The worker never holds more items than the caller granted, so memory stays bounded
-however slowly the caller consumes.
+The driver runs ahead of the caller only as far as the caller granted, so memory stays
+bounded however slowly the caller consumes. An exact step that arrives while a granted
+step runs ahead waits for that step to reach its ``yield`` and is applied there, as Python
+applies it locally; only when the call's grace runs out is the step cancelled. Each step
+runs under the deadline of the caller waiting for it, and only that step.
 """
 
 from __future__ import annotations
@@ -22,15 +28,8 @@ from typing import Any, cast
 import anyio
 
 from wool._serialization import Payload, loads
-from wool.transport import Items, Limits, Request, Response, Step, StepKind, Task
-from wool.worker._execute import (
-    EXHAUSTED,
-    deadline_of,
-    failure,
-    load_call,
-    pickle_value,
-    run_in,
-)
+from wool.transport import Cancelled, Items, Limits, Request, Response, Step, StepKind, Task
+from wool.worker._execute import EXHAUSTED, failure, load_call, pickle_value, run_in
 
 __all__ = ["GeneratorSession"]
 
@@ -39,7 +38,7 @@ log = logging.getLogger("wool.worker")
 Receive = Callable[[], Awaitable[Request | None]]
 Send = Callable[[Response], Awaitable[None]]
 
-_CUT_SHORT = object()
+_NOTHING = object()
 
 # Protobuf framing of one value in an Items message, counted against a batch's size.
 _VALUE_OVERHEAD = 8
@@ -60,49 +59,63 @@ class GeneratorSession:
         self._agen: Any = None
         self._credit = 0
         self._control: Step | None = None
+        self._next_deadline: float | None = None  # of the caller waiting for the next item
         self._caller_gone = False
-        self._stepping: anyio.CancelScope | None = None
+        self._stepping = False
+        self._steps = 0  # steps taken so far: names the one in progress
+        self._cut_short = False  # a step was cancelled because its grace ran out
+        self._held: Any = _NOTHING  # an item yielded between steps, for the next grant
         self._outbox: list[Payload] = []
         self._outbox_bytes = 0
+        self._answer: Response | None = None
 
     async def run(self, scope: anyio.CancelScope) -> Response:
         # Created here, in the worker's backend (the session is made on grpclib's loop).
+        self._scope = scope
+        self._driving = anyio.CancelScope()
         self._wakeup = anyio.Event()
         self._outbox_ready = anyio.Event()
         self._sending = anyio.Lock()
-        try:
-            return await run_in(scope, self._task, deadline_of(self._task), self._serve)
-        finally:
-            await self._close_generator()
+        # No deadline for the whole call: each step carries its caller's (Step.timeout).
+        return await run_in(scope, self._task, None, self._serve)
 
     async def _serve(self) -> Response:
         run, args, kwargs = load_call(self._task)
         self._agen = run(*args, **kwargs)
         final = EXHAUSTED
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             tg.start_soon(self._read_steps)
             tg.start_soon(self._send_batches)
-            final = await self._produce()
+            final = await self._drive()
             await self._deliver()
             tg.cancel_scope.cancel()
         return final
 
-    async def _produce(self) -> Response:
-        """Run the generator as granted; the final Response once it is done."""
+    async def _drive(self) -> Response:
+        """Take every step of the generator, in this task; the final Response."""
+        with self._driving:
+            try:
+                return await self._take_steps()
+            finally:
+                await self._close_generator()
+        # The driving scope ended a step: its grace ran out, or its caller's deadline.
+        if self._cut_short:
+            return EXHAUSTED
+        return Response(cancelled=Cancelled(deadline=True))
+
+    async def _take_steps(self) -> Response:
         try:
             while True:
-                while not (self._may_step() or self._control or self._caller_gone):
-                    self._wakeup = anyio.Event()
-                    await self._wakeup.wait()
+                order = await self._order()
                 if self._caller_gone:
-                    return EXHAUSTED  # nobody reads it; the generator is closed after
-                step, self._control = self._control, None
-                if step is None:
+                    return EXHAUSTED  # nobody reads on; the generator is closed after
+                if order is None:
                     self._credit -= 1
-                    final = await self._read_ahead()
+                    final = self._produced(await self._next_item())
                 else:
                     self._credit = 0  # the caller dropped what it had granted
-                    final = await self._apply(step)
+                    final = await self._apply(order)
                 if final is not None:
                     return final
         except StopAsyncIteration:
@@ -112,22 +125,38 @@ class GeneratorSession:
         except BaseException as exc:
             return failure(exc, self._limits)
 
+    async def _order(self) -> Step | None:
+        """Wait for what to do next: an exact step, or None for the next granted item."""
+        while not (self._may_step() or self._control or self._caller_gone):
+            self._wakeup = anyio.Event()
+            try:
+                await self._wakeup.wait()
+            except anyio.get_cancelled_exc_class() as exc:
+                outer = (self._scope, self._driving, self._tg.cancel_scope)
+                if any(scope.cancel_called for scope in outer):
+                    raise
+                # A scope the generator left open across its yield was cancelled (its
+                # deadline passed, a task of its task group failed): thrown in at the
+                # yield, so that the scope handles it, as as_safe_channel does.
+                self._held = await self._step(self._agen.athrow(exc), None)
+        step, self._control = self._control, None
+        return step
+
     def _may_step(self) -> bool:
         # Items are granted by count; what waits to be sent is also bounded in bytes, so
         # a window of large items cannot pile up here while the caller is slow.
         return self._credit > 0 and self._outbox_bytes < self._limits.max_message
 
-    async def _read_ahead(self) -> Response | None:
-        item: Any = _CUT_SHORT
-        with anyio.CancelScope() as self._stepping:
-            item = await self._agen.__anext__()
-        self._stepping = None
-        if item is _CUT_SHORT:
-            # Cancelled at an await, the generator has finished: a THROW or CLOSE that cut
-            # it short has nothing left to apply to (the caller takes it as too late).
-            return EXHAUSTED
-        if self._caller_gone or self._closing:
-            return None  # nobody will read this item
+    async def _next_item(self) -> Any:
+        if self._held is not _NOTHING:
+            item, self._held = self._held, _NOTHING
+            return item
+        deadline, self._next_deadline = self._next_deadline, None
+        return await self._step(self._agen.__anext__(), deadline)
+
+    def _produced(self, item: Any) -> Response | None:
+        if self._control is not None or self._caller_gone:
+            return None  # run ahead of an exact step or a gone caller: nobody takes it
         data = pickle_value(self._task, item, self._limits, what="a value yielded by")
         if isinstance(data, Response):
             return data
@@ -138,19 +167,41 @@ class GeneratorSession:
 
     async def _apply(self, step: Step) -> Response | None:
         agen = self._agen
+        self._held = _NOTHING  # the step applies at the yield that produced it
+        deadline = None if step.timeout is None else anyio.current_time() + step.timeout
         if step.kind == StepKind.CLOSE:
-            await agen.aclose()
+            await self._step(agen.aclose(), deadline)
             return EXHAUSTED
         value = loads(step.value)
         if step.kind == StepKind.THROW:
-            item = await agen.athrow(value)
+            item = await self._step(agen.athrow(value), deadline)
         else:
-            item = await agen.asend(value)
+            item = await self._step(agen.asend(value), deadline)
         data = pickle_value(self._task, item, self._limits, what="a value yielded by")
         if isinstance(data, Response):
             return data
-        await self._deliver(Response(item=cast(bytes, data)))  # see execute()
+        # Sent by the sender, after the items produced before it: the driver awaits
+        # nothing between steps but the next order (see _order).
+        self._answer = Response(item=cast(bytes, data))  # a Payload: see execute()
+        self._outbox_ready.set()
         return None
+
+    async def _step(self, step: Awaitable[Any], deadline: float | None) -> Any:
+        """One step of the generator, under the deadline of the caller waiting for it.
+
+        The deadline is set on the driving scope, entered once for the whole call: a scope
+        around each step would interleave with the scopes the generator leaves open.
+        """
+        self._steps += 1
+        self._stepping = True
+        if deadline is not None:
+            self._driving.deadline = deadline
+        try:
+            return await step
+        finally:
+            self._stepping = False
+            if deadline is not None:
+                self._driving.deadline = math.inf
 
     async def _read_steps(self) -> None:
         while True:
@@ -165,27 +216,39 @@ class GeneratorSession:
             if step is None:
                 # The caller half-closed (it is done), or broke the protocol.
                 self._caller_gone = True
-                self._cut_step_short()
+                self._cancel_step()
                 self._wakeup.set()
                 return
             if step.kind == StepKind.NEXT:
                 self._credit += max(step.count, 1)
+                if step.timeout is not None:
+                    self._next_deadline = anyio.current_time() + step.timeout
             else:
-                # A step run ahead must not delay an exact one: the caller is at an
-                # earlier yield than the one the generator is heading for.
                 self._control = step
-                if step.kind != StepKind.SEND:
-                    self._cut_step_short()
+                if self._stepping:
+                    # A step run ahead: the exact one applies at the yield it reaches.
+                    self._tg.start_soon(self._cut_after_grace, self._steps)
             self._wakeup.set()
 
-    @property
-    def _closing(self) -> bool:
-        return self._control is not None and self._control.kind == StepKind.CLOSE
+    async def _cut_after_grace(self, step: int) -> None:
+        grace = self._task.grace
+        if not math.isfinite(grace):
+            return
+        await anyio.sleep(grace)
+        if self._stepping and self._steps == step:
+            log.info(
+                "call %s: a step of %s did not reach its yield within the grace of %g s; "
+                "cancelling it",
+                self._task.id,
+                self._task.routine,
+                grace,
+            )
+            self._cancel_step()
 
-    def _cut_step_short(self) -> None:
-        # A step run ahead of the caller must not keep a closing caller waiting.
-        if self._stepping is not None:
-            self._stepping.cancel()
+    def _cancel_step(self) -> None:
+        if self._stepping:
+            self._cut_short = True
+            self._driving.cancel()
 
     async def _send_batches(self) -> None:
         while True:
@@ -193,8 +256,8 @@ class GeneratorSession:
             self._outbox_ready = anyio.Event()
             await self._deliver()
 
-    async def _deliver(self, answer: Response | None = None) -> None:
-        """Send the items produced so far, then ``answer``."""
+    async def _deliver(self) -> None:
+        """Send the items produced so far, then the answer to an exact step, if any."""
         async with self._sending:
             try:
                 while self._outbox:
@@ -203,6 +266,7 @@ class GeneratorSession:
                     await self._send(Response(items=Items(values=cast(list[bytes], batch))))
                     self._outbox_bytes -= size
                     self._wakeup.set()
+                answer, self._answer = self._answer, None
                 if answer is not None:
                     await self._send(answer)
             except anyio.get_cancelled_exc_class():
@@ -212,7 +276,7 @@ class GeneratorSession:
                 self._outbox.clear()
                 self._outbox_bytes = 0
                 self._caller_gone = True
-                self._cut_step_short()
+                self._cancel_step()
                 self._wakeup.set()
 
     def _next_batch(self) -> list[Payload]:
@@ -228,13 +292,18 @@ class GeneratorSession:
         return batch
 
     async def _close_generator(self) -> None:
-        """Close the generator (its finally blocks run), waiting up to the call's grace."""
-        if self._agen is None:
-            return
-        with anyio.CancelScope(shield=True) as scope:
-            grace = self._task.grace
-            scope.deadline = anyio.current_time() + (grace if math.isfinite(grace) else 0)
-            try:
-                await self._agen.aclose()
-            except BaseException as exc:
-                log.warning("closing generator %s raised %r", self._task.routine, exc)
+        """Close a generator left at a yield, in the driver, for up to the call's grace.
+
+        Its finally blocks run as they would locally: with their awaits intact, or under
+        the cancellation of a cancelled call (shielded cleanup still runs)."""
+        agen = self._agen
+        if agen is None or agen.ag_frame is None:
+            return  # never made, or finished
+        if not self._driving.cancel_called:
+            self._driving.deadline = anyio.current_time() + self._task.grace
+        try:
+            await agen.aclose()
+        except anyio.get_cancelled_exc_class():
+            log.debug("call %s: closing %s was cancelled", self._task.id, self._task.routine)
+        except BaseException as exc:
+            log.warning("closing generator %s raised %r", self._task.routine, exc)

@@ -303,6 +303,12 @@ class Step(betterproto2.Message):
     one `item` Response (or the final one), and CLOSE with `exhausted` once the
     generator's finally blocks have run. Items sent before that answer were
     produced before the step took effect.
+
+    A step runs in the generator's own task on the worker, with no cancel scope
+    of its own around it: the generator's scopes and task groups nest as they do
+    locally. SEND, THROW and CLOSE sent while a NEXT runs ahead wait for it to
+    reach its yield (up to the call's grace; then it is cancelled) and apply
+    there.
     """
 
     kind: "StepKind" = betterproto2.field(
@@ -317,6 +323,13 @@ class Step(betterproto2.Message):
     count: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
     """
     Items granted by a NEXT.
+    """
+
+    timeout: "float | None" = betterproto2.field(4, betterproto2.TYPE_DOUBLE, optional=True)
+    """
+    Seconds left until the deadline of the caller waiting for this step's
+    answer; absent when it has none. Only that step runs under it: for a NEXT,
+    the first step it grants (the one the caller waits for).
     """
 
 
