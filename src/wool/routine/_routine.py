@@ -201,8 +201,11 @@ def routine(
     - ``prefetch`` (async generators): items the worker may produce ahead of the
       caller while the caller only iterates (default 128; 0 steps the generator in
       lock-step). It applies only to generators that ignore the values sent to them and
-      catch no exceptions at their ``yield``: those that do are always stepped exactly,
-      so ``asend`` and ``athrow`` reach them at the ``yield`` they would locally.
+      have no ``yield`` inside a ``try``, ``with`` or ``async with`` that could catch,
+      swallow or replace a thrown exception (nor unreadable source): the others are
+      always stepped exactly, so ``asend`` and ``athrow`` reach them at the ``yield`` they
+      would locally. Read-ahead never changes what the program observes; ``aclose`` and
+      ``athrow`` wait for a step run ahead to reach its ``yield`` and apply there.
 
     Works on functions and on instance, class and static methods (put ``@wool.routine``
     above or below ``@classmethod``/``@staticmethod``). The function, its arguments, its
