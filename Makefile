@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: env test demo bench proto proto-check lint clean
+.PHONY: env test demo bench proto proto-check lint docs clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ lint: $(READY)
 
 clean:
 	rm -rf $(VENV) build dist
+
+# The site is built offline (intersphinx reads docs/_intersphinx/); any warning fails it.
+docs: $(READY)
+	$(BIN)/python -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
