@@ -40,4 +40,4 @@ clean:
 
 # The site is built offline (intersphinx reads docs/_intersphinx/); any warning fails it.
 docs: $(READY)
-	$(BIN)/python -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
+	$(BIN)/python -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html

@@ -1,10 +1,12 @@
 """Testing code that calls routines, with wool's pytest plugin (``wool.testing``).
 
-    pytest examples/test_with_wool.py      # every test under asyncio and under trio
-    python examples/test_with_wool.py      # the same, through pytest.main
+    pytest -p wool.testing examples/test_with_wool.py   # each test under asyncio and trio
+    python examples/test_with_wool.py                    # the same, through pytest.main
 
-The plugin is loaded by pytest wherever wool is installed. The ``wool_pool`` fixture makes a
-pool current for the test; the pool is opened once per module and backend, not per test.
+In a project, enable the plugin once in the top-level ``conftest.py`` with
+``pytest_plugins = ["wool.testing"]`` (or ``addopts = "-p wool.testing"``). The
+``wool_pool`` fixture makes a pool current for the test; the pool is opened once per module
+and backend, not per test.
 """
 
 import sys
@@ -70,4 +72,4 @@ async def test_a_marked_test_gets_a_pool_of_its_own(wool_pool: wool.WorkerPool) 
 
 
 if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider", *sys.argv[1:]]))
+    sys.exit(pytest.main(["-p", "wool.testing", "-p", "no:cacheprovider", "-q", __file__, *sys.argv[1:]]))

@@ -1,9 +1,13 @@
 """wool's pytest plugin: a worker pool for your tests, opened once and current in each test.
 
-The plugin is registered as a ``pytest11`` entry point, so pytest loads it wherever wool is
-installed (with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, add ``-p wool.testing``). Loading it
-costs an import of this module only, which imports neither wool nor any event loop: nothing
-happens unless a test asks for :func:`wool_pool`.
+Enable it in the top-level ``conftest.py`` of your tests::
+
+    pytest_plugins = ["wool.testing"]
+
+or with ``-p wool.testing`` on the command line or in ``addopts``. It is not loaded
+automatically (no ``pytest11`` entry point): importing it imports wool, which a pytest run
+that does not test wool code should not pay for. Once loaded, nothing happens unless a test
+asks for :func:`wool_pool`.
 
 A test that takes the ``wool_pool`` fixture runs with a pool current, so it awaits routines
 without an ``async with WorkerPool()`` of its own::
@@ -121,8 +125,16 @@ def pytest_configure(config: pytest.Config) -> None:
 # ------------------------------------------------------------------------ settings
 
 
+def _ini(config: pytest.Config, name: str) -> str:
+    # A plugin that a test module's ``pytest_plugins`` loads registers its ini names late.
+    try:
+        return str(config.getini(name) or "")
+    except ValueError:
+        return ""
+
+
 def _pool_scope(fixture_name: str, config: pytest.Config) -> _Scope:
-    scope = str(config.getini("wool_pool_scope") or "module")
+    scope = str(_ini(config, "wool_pool_scope") or "module")
     if scope not in ("module", "package", "session"):
         raise pytest.UsageError(
             f"wool_pool_scope must be module, package or session, got {scope!r}"
@@ -131,7 +143,7 @@ def _pool_scope(fixture_name: str, config: pytest.Config) -> _Scope:
 
 
 def _configured_size(config: pytest.Config) -> int:
-    value = config.getoption("wool_size") or config.getini("wool_size") or DEFAULT_SIZE
+    value = config.getoption("wool_size", None) or _ini(config, "wool_size") or DEFAULT_SIZE
     try:
         size = int(value)
     except ValueError:
@@ -142,7 +154,7 @@ def _configured_size(config: pytest.Config) -> int:
 
 
 def _configured_backend(config: pytest.Config) -> str | None:
-    value = config.getoption("wool_backend") or config.getini("wool_backend") or None
+    value = config.getoption("wool_backend", None) or _ini(config, "wool_backend") or None
     if value not in (None, "asyncio", "trio"):
         raise pytest.UsageError(f"wool_backend must be asyncio or trio, got {value!r}")
     return value
