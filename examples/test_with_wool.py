@@ -72,4 +72,6 @@ async def test_a_marked_test_gets_a_pool_of_its_own(wool_pool: wool.WorkerPool) 
 
 
 if __name__ == "__main__":
-    sys.exit(pytest.main(["-p", "wool.testing", "-p", "no:cacheprovider", "-q", __file__, *sys.argv[1:]]))
+    sys.exit(
+        pytest.main(["-p", "wool.testing", "-p", "no:cacheprovider", "-q", __file__, *sys.argv[1:]])
+    )

@@ -60,7 +60,7 @@ import gc
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +213,13 @@ class _Tracker:
     def __init__(self, inner: Dispatcher) -> None:
         self._inner = inner
         self._ids = itertools.count()
+        self._idle: Any = None  # an anyio.Event while calls_left waits
         self.open: dict[int, str] = {}
+
+    def _done(self, key: int) -> None:
+        del self.open[key]
+        if not self.open and self._idle is not None:
+            self._idle.set()
 
     async def call(self, routine: str, *args: Any, **kwargs: Any) -> Any:
         key = next(self._ids)
@@ -221,26 +227,27 @@ class _Tracker:
         try:
             return await self._inner.call(routine, *args, **kwargs)
         finally:
-            del self.open[key]
+            self._done(key)
 
     @asynccontextmanager
-    async def generator(self, routine: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def generator(self, routine: str, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         key = next(self._ids)
         self.open[key] = f"{routine} (async generator)"
         try:
             async with self._inner.generator(routine, *args, **kwargs) as remote:
                 yield remote
         finally:
-            del self.open[key]
+            self._done(key)
 
     async def calls_left(self) -> list[str]:
         """What is still open ``SETTLE_SECONDS`` after the test (dropped generators close)."""
         import anyio
 
         gc.collect()
-        with anyio.move_on_after(SETTLE_SECONDS):
-            while self.open:
-                await anyio.sleep(0.01)
+        if self.open:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(SETTLE_SECONDS):
+                await self._idle.wait()
         return sorted(self.open.values())
 
 
