@@ -32,7 +32,7 @@ proto-check: $(READY)
 	$(BIN)/python protos/generate.py --check
 
 lint: $(READY)
-	$(BIN)/ruff check src tests benchmarks examples protos
+	$(BIN)/ruff check src tests benchmarks examples protos docs
 	$(BIN)/pyright
 
 clean:

@@ -6,6 +6,7 @@ its README) and never the network, and Mermaid diagrams are drawn in the reader'
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -57,7 +58,6 @@ myst_fence_as_directive = ["mermaid"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
-autodoc_class_signature = "separated"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -107,6 +107,26 @@ def _resolve_private_paths(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     )
 
 
+# Discovery implementations yield private publisher classes; the reference names the protocol
+# they implement, which is all a caller may rely on.
+_PRIVATE_PUBLISHER = re.compile(r"~?wool\.discovery\._\w+\._(?:No)?Publisher")
+
+
+_CONTEXT_GENERATOR = re.compile(r"^~?(?:collections\.abc\.|typing\.)?AsyncGenerator\[(.*), None\]$")
+
+
+def _public_return_types(
+    app: Any, what: str, name: str, obj: Any, options: Any, signature: Any, annotation: Any
+) -> tuple[Any, Any] | None:
+    if not annotation:
+        return None
+    new = _PRIVATE_PUBLISHER.sub("wool.DiscoveryPublisherLike", annotation)
+    if inspect.isasyncgenfunction(getattr(obj, "__wrapped__", None)):
+        # An @asynccontextmanager: what `async with` gives, not the generator behind it.
+        new = _CONTEXT_GENERATOR.sub(r"\1", new)
+    return (signature, new) if new != annotation else None
+
+
 # Links in the README are relative to the repository root; the README is included from docs/.
 _README_LINKS = [
     (re.compile(r"\[([^\]]+)\]\((?:examples/[^)]*/)\)"), r"`\1`"),  # a directory: no page
@@ -129,3 +149,4 @@ def _rebase_readme_links(
 def setup(app: Any) -> None:
     app.connect("missing-reference", _resolve_private_paths)
     app.connect("include-read", _rebase_readme_links)
+    app.connect("autodoc-process-signature", _public_return_types)
