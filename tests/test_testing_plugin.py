@@ -79,13 +79,23 @@ def project(tmp_path: Path):  # type: ignore[no-untyped-def]
     shutil.rmtree(path, ignore_errors=True)
 
 
+def docs_test_module() -> str:
+    """The test module that docs/testing.md shows."""
+    text = (ROOT / "docs" / "testing.md").read_text()
+    match = re.search(r"```python\n# fragment: a test module\n(.*?)```", text, re.DOTALL)
+    assert match is not None, "docs/testing.md no longer shows a test module"
+    return match[1]
+
+
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
-def test_the_example_test_file_passes_under_both_backends(project: Path) -> None:
+def test_the_example_and_the_docs_test_files_pass_under_both_backends(project: Path) -> None:
     shutil.copy(EXAMPLE, project / EXAMPLE.name)
-    returncode, report = run_pytest(project, "--strict-markers", EXAMPLE.name)
+    (project / "test_from_docs.py").write_text(docs_test_module())
+    returncode, report = run_pytest(project, "--strict-markers", EXAMPLE.name, "test_from_docs.py")
     assert returncode == 0, report
     names = re.findall(r"^async def (test_\w+)", EXAMPLE.read_text(), re.MULTILINE)
     assert len(names) >= 5, names
+    names.append("test_add")
     expected = {f"{name}[{backend}]": "PASSED" for name in names for backend in ("asyncio", "trio")}
     assert outcomes(report) == expected, report
 
