@@ -142,6 +142,12 @@ async def test_without_the_fixture_no_pool_is_current():
         await where()
 
 
+async def test_drops_a_generator_the_event_loop_closes(wool_pool):
+    stream = count(10)
+    assert await stream.__anext__() == 0
+    del stream
+
+
 async def test_leaves_a_generator_open(wool_pool):
     stream = count(10)
     KEPT.append(stream)
@@ -174,6 +180,7 @@ def test_one_pool_per_module_and_backend_current_only_where_asked_and_leftovers_
             f"test_calls_run_on_the_pool[{backend}]": "PASSED",
             f"test_the_next_test_gets_the_same_pool[{backend}]": "PASSED",
             f"test_without_the_fixture_no_pool_is_current[{backend}]": "PASSED",
+            f"test_drops_a_generator_the_event_loop_closes[{backend}]": "PASSED",
             f"test_leaves_a_generator_open[{backend}]": "ERROR",
             f"test_leaves_a_process_running[{backend}]": "ERROR",
             f"test_the_pool_still_serves_after_leftovers[{backend}]": "PASSED",

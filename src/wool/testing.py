@@ -185,17 +185,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def _processes_left(before: set[int] | None, spared: Callable[[], set[int]]) -> list[int]:
-    """Children started since ``before`` still alive after ``SETTLE_SECONDS``, killed."""
+async def _still_running(candidates: Callable[[], set[int]]) -> list[int]:
+    """The ``candidates()`` still alive after ``SETTLE_SECONDS``, killed."""
     import anyio
 
-    if before is None:
-        return []
     left: set[int] = set()
     with anyio.move_on_after(SETTLE_SECONDS):
         while True:
-            now = _child_pids() or set()
-            left = {pid for pid in now - before - spared() if _alive(pid)}
+            left = {pid for pid in candidates() if _alive(pid)}
             if not left:
                 return []
             await anyio.sleep(0.05)
@@ -282,7 +279,7 @@ async def _wool_shared_pool(
     from wool import WorkerPool
     from wool.routine import dispatcher_var
 
-    before = _child_pids()
+    workers: set[int] = set()
     async with WorkerPool(**wool_pool_options) as pool:
         dispatcher = dispatcher_var.get()
         assert dispatcher is not None
@@ -292,7 +289,10 @@ async def _wool_shared_pool(
             yield _Shared(pool, dispatcher)
         finally:
             dispatcher_var.reset(hidden)
-    left = await _processes_left(before, set)
+            # The pool's own processes (discovered workers are other hosts' or others').
+            workers = {w.pid for w in pool.workers} & (_child_pids() or set())
+    # Other processes are the tests' business: each test's own check covers them.
+    left = await _still_running(lambda: workers)
     if left:
         pytest.fail(f"wool.testing: the shared pool left worker processes {left}", pytrace=False)
 
@@ -345,10 +345,13 @@ async def wool_pool(
         if own is not None:
             await own.__aexit__(None, None, None)
 
-    def spared() -> set[int]:
-        return {w.pid for w in pool.workers if w.pid} if own is None else set()
+    def started_by_the_test() -> set[int]:
+        if before is None:
+            return set()
+        spared = {w.pid for w in pool.workers} if own is None else set()
+        return (_child_pids() or set()) - before - spared
 
-    processes = await _processes_left(before, spared)
+    processes = await _still_running(started_by_the_test)
     problems: list[str] = []
     if calls:
         problems.append(f"routine calls still open: {', '.join(calls)}")
