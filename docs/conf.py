@@ -52,6 +52,9 @@ nitpick_ignore = [
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 4
 myst_fence_as_directive = ["mermaid"]
+# Diagrams are drawn by mermaid.js in the reader's browser (no mermaid-cli at build time);
+# a diagram keeps its proportions instead of being squeezed into a fixed height.
+mermaid_height = "auto"
 
 # ------------------------------------------------------------------------ API reference
 
