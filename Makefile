@@ -36,7 +36,7 @@ lint: $(READY)
 	$(BIN)/pyright
 
 clean:
-	rm -rf $(VENV) build dist
+	rm -rf $(VENV) build dist docs/_build
 
 # The site is built offline (intersphinx reads docs/_intersphinx/); any warning fails it.
 docs: $(READY)
