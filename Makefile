@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: env test test-on test-lowest demo bench proto proto-check lint clean
+.PHONY: env test test-on test-lowest demo bench proto proto-check lint docs clean
 
 # CONSTRAINTS=file pins what the environment installs (see test-lowest).
 $(READY): pyproject.toml
@@ -42,8 +42,12 @@ proto-check: $(READY)
 	$(BIN)/python protos/generate.py --check
 
 lint: $(READY)
-	$(BIN)/ruff check src tests benchmarks examples protos
+	$(BIN)/ruff check src tests benchmarks examples protos docs
 	$(BIN)/pyright
 
 clean:
-	rm -rf $(VENV) .venv-* .ci/lowest.txt build dist
+	rm -rf $(VENV) .venv-* .ci/lowest.txt build dist docs/_build
+
+# The site is built offline (intersphinx reads docs/_intersphinx/); any warning fails it.
+docs: $(READY)
+	$(BIN)/python -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html

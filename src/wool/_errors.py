@@ -19,7 +19,11 @@ class WoolError(Exception):
 
 
 class NoPoolError(WoolError, RuntimeError):
-    """A routine was called outside any worker pool."""
+    """A routine was called outside any worker pool (or after its pool closed).
+
+    Raised by the call itself, before anything is awaited: open a ``wool.WorkerPool`` around
+    the code that calls routines.
+    """
 
     def __init__(self, routine: str, *, closed: bool = False) -> None:
         where = "after its worker pool closed" if closed else "outside a worker pool"
@@ -30,17 +34,29 @@ class NoPoolError(WoolError, RuntimeError):
 
 
 class SerializationError(WoolError, TypeError):
-    """A value crossing the wire could not be pickled or unpickled."""
+    """A value crossing the wire could not be pickled or unpickled, or is too large.
+
+    The message names the argument, result or item at fault, or its size and the pool's
+    ``max_payload_size``. The pool keeps serving.
+    """
 
 
 class NoWorkersAvailable(WoolError):
-    """The pool has no worker that can take the call."""
+    """The pool has no worker that can take the call.
+
+    Raised by a call when no worker became available within the pool's ``start_timeout``,
+    and by entering a pool with ``discovery`` that found none in that time.
+    """
 
 
 class WorkerLost(WoolError):
     """The worker running a call died or became unreachable before answering.
 
     Calls are at most once: wool never retries a call that may have started.
+
+    Attributes:
+        worker: the id of the worker that had the call, when known.
+        routine: the qualified name of the routine called, when known.
     """
 
     def __init__(self, message: str, *, worker: str | None = None, routine: str | None = None):
@@ -67,6 +83,11 @@ class TaskException(WoolError):
     """A routine raised an exception that could not be brought back as itself.
 
     It carries the original type's name, its message and the worker's formatted traceback.
+
+    Attributes:
+        type_name: ``module.qualname`` of the exception the routine raised.
+        message: ``str()`` of that exception.
+        remote_traceback: the worker's traceback, formatted.
     """
 
     def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:

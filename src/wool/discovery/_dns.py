@@ -28,6 +28,9 @@ class DnsDiscovery:
     identity (the worker's Info call), and workers whose address disappears, or that stop
     answering, are dropped. Publishing is a no-op: the platform (e.g. Kubernetes, through a
     headless Service) maintains the name.
+
+    Raises:
+        ValueError: ``port`` is not 1..65535.
     """
 
     def __init__(
@@ -45,12 +48,18 @@ class DnsDiscovery:
 
     @asynccontextmanager
     async def publisher(self) -> AsyncGenerator[_NoPublisher, None]:
+        """A publisher that publishes nothing: the platform maintains the DNS name."""
         yield _NoPublisher()
 
     @asynccontextmanager
     async def subscriber(
         self, filter: WorkerFilter | None = None
     ) -> AsyncGenerator[AsyncIterator[DiscoveryEvent], None]:
+        """Events for the workers behind the name, re-resolved every ``interval`` seconds.
+
+        A name that does not resolve yields no workers (and is retried); a worker that
+        misses two ``Info`` calls in a row, each bounded by ``timeout``, is dropped.
+        """
         portal = portal_for_host()
         clients: dict[str, Client] = {}
         try:

@@ -51,6 +51,11 @@ class LanDiscovery:
 
     @asynccontextmanager
     async def publisher(self) -> AsyncGenerator[_Publisher, None]:
+        """A publisher that registers one DNS-SD service per worker; leaving unregisters.
+
+        Its ``publish`` raises :exc:`ValueError` when the worker's host is not an IP
+        address (set one with ``wool worker --advertise-host``).
+        """
         portal = portal_for_host()
         try:
             zc = await portal.run(_open, self.interfaces)
@@ -66,6 +71,11 @@ class LanDiscovery:
     async def subscriber(
         self, filter: WorkerFilter | None = None
     ) -> AsyncGenerator[AsyncIterator[DiscoveryEvent], None]:
+        """Events for the workers of the namespace on the LAN, as their announcements arrive.
+
+        Workers whose records do not resolve within a few seconds are skipped; those that
+        send goodbye packets, or whose records expire, are dropped.
+        """
         portal = portal_for_host()
         try:
             zc = await portal.run(_open, self.interfaces)

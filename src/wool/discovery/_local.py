@@ -74,6 +74,10 @@ class LocalDiscovery:
     process died without withdrawing it is dropped (and deleted) by the first subscriber
     that notices, within about a second; the last publisher or subscriber to leave
     removes the directories.
+
+    Raises:
+        ValueError: ``namespace`` is not up to 63 letters, digits, ``-`` and ``_`` (not
+            starting with ``-``).
     """
 
     def __init__(self, namespace: str | None = None, *, poll_interval: float = 0.05) -> None:
@@ -90,10 +94,16 @@ class LocalDiscovery:
 
     @property
     def path(self) -> Path:
+        """The namespace's directory."""
         return _root() / self.namespace
 
     @asynccontextmanager
     async def publisher(self) -> AsyncGenerator[_Publisher, None]:
+        """A publisher that writes one file per worker; leaving withdraws them.
+
+        Its ``publish`` raises :exc:`PermissionError` when ``<tmp>/wool-<uid>`` is not a
+        directory private to this user (set ``TMPDIR`` to one).
+        """
         publisher = _Publisher(self.path)
         try:
             yield publisher
@@ -104,6 +114,10 @@ class LocalDiscovery:
     async def subscriber(
         self, filter: WorkerFilter | None = None
     ) -> AsyncGenerator[AsyncIterator[DiscoveryEvent], None]:
+        """Events for the namespace's workers, polled every ``poll_interval`` seconds.
+
+        A directory that is not private to this user is ignored (and logged), not trusted.
+        """
         try:
             yield self._events(filter)
         finally:

@@ -16,19 +16,28 @@ __all__ = [
     "WorkerMetadata",
 ]
 
+#: What happened to a worker: it appeared, its metadata changed, or it left (or died).
 EventKind = Literal["worker-added", "worker-updated", "worker-dropped"]
 
 
 @dataclass(frozen=True)
 class WorkerMetadata:
-    """What a worker advertises about itself."""
+    """What a worker advertises about itself; discovery carries it, filters and load
+    balancers read it."""
 
+    #: Unique among the workers a pool sees (a spawned worker's is its pool's namespace and
+    #: a counter; a ``wool worker``'s is given by ``--id`` or random).
     id: str
+    #: The address callers connect to (an IP address or a host name).
     host: str
     port: int
+    #: The worker's process id on its host (0 when unknown).
     pid: int = 0
+    #: Labels the worker was started with; a pool uses only workers that carry all its tags.
     tags: frozenset[str] = field(default_factory=frozenset)
+    #: The wool version the worker runs.
     version: str = ""
+    #: The worker's event loop, ``"asyncio"`` or ``"trio"``.
     backend: str = ""
     #: The worker only accepts TLS connections.
     secure: bool = False
@@ -37,22 +46,34 @@ class WorkerMetadata:
 
     @property
     def address(self) -> str:
+        """``host:port``, with an IPv6 host in brackets."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
 class DiscoveryEvent:
+    """One change to the set of workers, as a subscriber sees it."""
+
     kind: EventKind
     worker: WorkerMetadata
 
 
+#: A predicate on a worker's metadata: subscribers report only the workers it accepts.
 WorkerFilter = Callable[[WorkerMetadata], bool]
 
 
 @runtime_checkable
 class DiscoveryPublisherLike(Protocol):
+    """What :meth:`DiscoveryLike.publisher` yields: workers announce themselves through it."""
+
     async def publish(self, kind: EventKind, worker: WorkerMetadata) -> None:
-        """Announce a worker lifecycle event."""
+        """Announce a worker lifecycle event.
+
+        Raises:
+            Exception: whatever the implementation raises when it cannot publish; a worker
+                that cannot publish its start fails to start (``wool.WorkerStartError`` in
+                the pool).
+        """
         ...
 
 
@@ -72,5 +93,9 @@ class DiscoveryLike(Protocol):
     def subscriber(
         self, filter: WorkerFilter | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[DiscoveryEvent]]:
-        """Events for workers that pass ``filter``, starting with those already present."""
+        """Events for workers that pass ``filter``, starting with those already present.
+
+        The iterator runs until the context is left; a pool reads it for as long as it is
+        open. Errors it raises reach the pool's owner.
+        """
         ...

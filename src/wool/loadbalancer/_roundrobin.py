@@ -27,7 +27,10 @@ class LoadBalancerLike(Protocol):
 
 
 class RoundRobinLoadBalancer:
-    """Cycles through the workers in the order they joined."""
+    """Cycles through the workers in the order they joined (the default load balancer).
+
+    Implements :class:`~wool.LoadBalancerLike`; ``len()`` is the number of workers it has.
+    """
 
     def __init__(self) -> None:
         self._workers: dict[str, WorkerMetadata] = {}

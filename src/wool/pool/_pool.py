@@ -74,6 +74,19 @@ class WorkerPool:
     Exiting the block stops every worker the pool spawned (SIGTERM, then SIGKILL after
     ``grace``), also when the block raised or was cancelled; nothing it started is left
     running. Discovered workers are not the pool's to stop.
+
+    Raises:
+        ValueError: an argument is out of range (``size`` < 1, a ``backend`` other than
+            ``"asyncio"`` or ``"trio"``, a negative or infinite ``grace``, a ``keepalive``
+            that is not > 0); raised by the constructor.
+        TypeError: ``discovery`` does not implement ``wool.DiscoveryLike``, or a tag is not
+            a non-empty string; raised by the constructor.
+        wool.WorkerStartError: entering: a spawned worker failed to start within
+            ``start_timeout`` (an import in ``imports`` failed, the process died); its
+            traceback is attached. Every worker already started has been stopped.
+        wool.NoWorkersAvailable: entering a pool with ``discovery``: no worker (with the
+            pool's tags) was found within ``start_timeout``.
+        RuntimeError: entering a pool that is already open; make one per ``async with``.
     """
 
     def __init__(
@@ -133,7 +146,10 @@ class WorkerPool:
 
     @property
     def workers(self) -> list[WorkerMetadata]:
-        """The workers the pool currently uses."""
+        """The workers the pool currently uses (empty while the pool is closed).
+
+        Spawned and discovered workers alike, minus those suspended for not answering.
+        """
         return [] if self._proxy is None else self._proxy.workers
 
     async def __aenter__(self) -> WorkerPool:

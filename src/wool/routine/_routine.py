@@ -38,7 +38,27 @@ class Routine(Generic[P, T]):
 
     Calling it returns a coroutine, as calling the function would; awaiting it pickles the
     function and arguments, sends them to a worker, and returns what the function returned
-    there or raises what it raised.
+    there or raises what it raised. Calling a generator routine returns an async generator
+    whose steps run on one worker; each step raises as a call does.
+
+    Raises:
+        wool.NoPoolError: the call was made outside any pool (raised by the call itself,
+            before anything is awaited).
+        wool.SerializationError: the arguments, the return value or an item could not be
+            pickled or unpickled, or are larger than the pool's ``max_payload_size``. The
+            message names the culprit; nothing was run when the arguments were at fault.
+        wool.NoWorkersAvailable: the pool had no worker for the call within its
+            ``start_timeout``.
+        wool.WorkerLost: the worker died, stopped or became unreachable while it had the
+            call. The call may have run in part; it is never retried.
+        wool.TaskException: the routine raised an exception that could not be brought back
+            as itself; it carries the type's name, the message and the remote traceback.
+        wool.ProtocolError: the worker speaks another protocol version, or sent what wool
+            cannot read.
+        TimeoutError: the caller's deadline expired on the worker while the caller itself
+            had none (a caller with a deadline sees its own scope's cancellation instead).
+        Exception: whatever the routine raised, as itself, with the worker's traceback
+            after the caller's frames.
     """
 
     __wrapped__: Callable[P, Coroutine[Any, Any, T]]
@@ -147,7 +167,11 @@ class Routine(Generic[P, T]):
             raise
 
     def run_here(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
-        """Run the function in this process (what a worker does with a call)."""
+        """Run the function in this process (what a worker does with a call).
+
+        Nothing is pickled or sent, and no pool is needed: useful to test the function's
+        own logic. It raises what the function raises.
+        """
         return self._fn(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -209,7 +233,13 @@ def routine(
 
     Works on functions and on instance, class and static methods (put ``@wool.routine``
     above or below ``@classmethod``/``@staticmethod``). The function, its arguments, its
-    return value and its exceptions must be picklable with cloudpickle.
+    return value and its exceptions must be picklable with cloudpickle. What awaiting a
+    call raises is listed under :class:`Routine`.
+
+    Raises:
+        TypeError: ``fn`` is not an ``async def`` function or async generator function.
+        ValueError: ``grace`` is not a finite number of seconds >= 0, or ``prefetch`` is not
+            a whole number from 0 to 2**20.
     """
     if fn is None:
         return lambda f: Routine(f, grace=grace, prefetch=prefetch)

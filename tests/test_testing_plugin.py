@@ -1,0 +1,190 @@
+"""wool.testing, used as a user would: pytest runs a user's test files in a project of their own.
+
+Each run is a separate ``python -m pytest`` in a temporary directory (no configuration of
+this repository applies there), enabling the plugin the documented way, under asyncio and
+trio as anyio's plugin parametrizes. The outcomes are read from pytest's report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.test_examples import _kill_all, _marked_pids
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "test_with_wool.py"
+RUN_TIMEOUT = 240.0
+_MARKER = "WOOL_TEST_SCRIPT_RUN"
+
+
+def run_pytest(project: Path, *args: str) -> tuple[int, str]:
+    """``python -m pytest -rA *args`` in ``project``; fails if it hangs or leaves a process."""
+    marker = uuid.uuid4().hex
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    env[_MARKER] = marker
+    env.pop("PYTEST_ADDOPTS", None)
+    output = project / "output.txt"
+    with open(output, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args],
+            cwd=project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        process.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+        pytest.fail(f"pytest did not finish within {RUN_TIMEOUT:g} s\n{output.read_text()}")
+    finally:
+        deadline = time.monotonic() + 5
+        while (left := _marked_pids(marker)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _kill_all(left)
+    text = output.read_text()
+    assert not left, f"the pytest run left processes running: {sorted(left)}\n{text}"
+    return process.returncode, text
+
+
+def outcomes(report: str) -> dict[str, str]:
+    """``{"test_x[asyncio]": "PASSED", ...}`` from the short summary (``-rA``)."""
+    found: dict[str, str] = {}
+    for match in re.finditer(r"^(PASSED|FAILED|ERROR) \S+::(\S+)", report, re.MULTILINE):
+        kind, test = match.groups()
+        found[test] = "ERROR" if "ERROR" in (kind, found.get(test)) else kind
+    return found
+
+
+@pytest.fixture
+def project(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A user's project: a top-level conftest.py that enables the plugin, as documented."""
+    path = tmp_path / "project"
+    path.mkdir()
+    (path / "conftest.py").write_text('pytest_plugins = ["wool.testing"]\n')
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def docs_test_module() -> str:
+    """The test module that docs/testing.md shows."""
+    text = (ROOT / "docs" / "testing.md").read_text()
+    match = re.search(r"```python\n# fragment: a test module\n(.*?)```", text, re.DOTALL)
+    assert match is not None, "docs/testing.md no longer shows a test module"
+    return match[1]
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+def test_the_example_and_the_docs_test_files_pass_under_both_backends(project: Path) -> None:
+    shutil.copy(EXAMPLE, project / EXAMPLE.name)
+    (project / "test_from_docs.py").write_text(docs_test_module())
+    returncode, report = run_pytest(project, "--strict-markers", EXAMPLE.name, "test_from_docs.py")
+    assert returncode == 0, report
+    names = re.findall(r"^async def (test_\w+)", EXAMPLE.read_text(), re.MULTILINE)
+    assert len(names) >= 5, names
+    names.append("test_add")
+    expected = {f"{name}[{backend}]": "PASSED" for name in names for backend in ("asyncio", "trio")}
+    assert outcomes(report) == expected, report
+
+
+SHARING_AND_LEFTOVERS = """
+import os
+import subprocess
+import sys
+
+import pytest
+
+import wool
+
+pytestmark = pytest.mark.anyio
+
+WORKERS = {}
+KEPT = []
+
+
+@wool.routine
+async def where() -> int:
+    return os.getpid()
+
+
+@wool.routine
+async def count(n: int):
+    for i in range(n):
+        yield i
+
+
+async def test_calls_run_on_the_pool(wool_pool, anyio_backend):
+    WORKERS[anyio_backend] = sorted(w.pid for w in wool_pool.workers)
+    assert len(WORKERS[anyio_backend]) == 3
+    assert await where() in WORKERS[anyio_backend]
+
+
+async def test_the_next_test_gets_the_same_pool(wool_pool, anyio_backend):
+    assert sorted(w.pid for w in wool_pool.workers) == WORKERS[anyio_backend]
+    assert await where() in WORKERS[anyio_backend]
+
+
+async def test_without_the_fixture_no_pool_is_current():
+    with pytest.raises(wool.NoPoolError):
+        await where()
+
+
+async def test_drops_a_generator_the_event_loop_closes(wool_pool):
+    stream = count(10)
+    assert await stream.__anext__() == 0
+    del stream
+
+
+async def test_leaves_a_generator_open(wool_pool):
+    stream = count(10)
+    KEPT.append(stream)
+    assert await stream.__anext__() == 0
+
+
+async def test_leaves_a_process_running(wool_pool):
+    KEPT.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+
+
+async def test_the_pool_still_serves_after_leftovers(wool_pool, anyio_backend):
+    assert await where() in WORKERS[anyio_backend]
+    stream, process = KEPT
+    KEPT.clear()
+    await stream.aclose()
+    assert process.wait(timeout=30) != 0  # the plugin killed it
+"""
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+def test_one_pool_per_module_and_backend_current_only_where_asked_and_leftovers_fail(
+    project: Path,
+) -> None:
+    (project / "test_user.py").write_text(SHARING_AND_LEFTOVERS)
+    returncode, report = run_pytest(project, "--wool-size", "3", "test_user.py")
+    assert returncode == 1, report
+    expected: dict[str, str] = {}
+    for backend in ("asyncio", "trio"):
+        expected |= {
+            f"test_calls_run_on_the_pool[{backend}]": "PASSED",
+            f"test_the_next_test_gets_the_same_pool[{backend}]": "PASSED",
+            f"test_without_the_fixture_no_pool_is_current[{backend}]": "PASSED",
+            f"test_drops_a_generator_the_event_loop_closes[{backend}]": "PASSED",
+            f"test_leaves_a_generator_open[{backend}]": "ERROR",
+            f"test_leaves_a_process_running[{backend}]": "ERROR",
+            f"test_the_pool_still_serves_after_leftovers[{backend}]": "PASSED",
+        }
+    assert outcomes(report) == expected, report
+    assert report.count("the test left routine calls still open: count (async generator)") == 2
+    assert report.count("the test left processes still running (killed)") == 2
