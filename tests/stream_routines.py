@@ -104,9 +104,9 @@ async def echo_sends(size: int) -> AsyncGenerator[int, bytes]:
 
 
 @wool.routine
-async def small_items(n: int) -> AsyncGenerator[bytes, None]:
+async def small_items(n: int, size: int = 96) -> AsyncGenerator[bytes, None]:
     for i in range(n):
-        yield i.to_bytes(8, "little") * 12  # ~100 bytes
+        yield i.to_bytes(8, "little") * (size // 8)
 
 
 @wool.routine

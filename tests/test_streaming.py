@@ -258,19 +258,19 @@ def rss(process_id: int) -> int:
 async def test_a_slow_consumer_keeps_memory_flat_on_both_ends() -> None:
     import os
 
-    n = 1_000_000
+    n = 250_000
     samples: list[tuple[int, int]] = []
     async with wool.WorkerPool(size=1):
         worker = await pid()
         received = 0
-        async for item in small_items(n):
-            assert len(item) == 96
+        async for item in small_items(n, 400):
+            assert len(item) == 400
             received += 1
-            if received % 100_000 == 0:
+            if received % 25_000 == 0:
                 await anyio.sleep(0.3)  # a consumer that stalls: the worker must wait
                 samples.append((rss(worker), rss(os.getpid())))
     assert received == n
-    # Unbounded buffering of ~100-byte items would add over 100 MB on one end.
+    # Unbounded buffering of 400-byte items would add over 100 MB on one end.
     worker_growth = max(w for w, _ in samples[1:]) - samples[0][0]
     caller_growth = max(c for _, c in samples[1:]) - samples[0][1]
     assert worker_growth < 20 * MiB, samples
