@@ -176,7 +176,7 @@ class WorkerPool:
                 self._proxy.add(process.metadata)
                 self._proxy_scope.start_soon(self._supervise, process)
             if self._processes:
-                self._proxy_scope.start_soon(self._kill_wedged)
+                self._proxy_scope.start_soon(self._kill_wedged, restart=True)
             if self.discovery is not None:
                 await self._wait_for_a_worker(self._proxy)
         except BaseException:

@@ -197,8 +197,10 @@ class WorkerProxy:
             if client.busy and not wait:
                 self._closing.append(client)
                 continue
-            with contextlib.suppress(Exception):
+            try:
                 await self._portal.run(client.close)
+            except Exception:
+                log.exception("closing the client of worker %s failed", client.address)
 
     def _request(
         self,
@@ -601,15 +603,22 @@ class open_proxy:
         )
         self._tg = anyio.create_task_group()
 
-    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Run a task for as long as the proxy is open."""
-        self._tg.start_soon(fn, *args)
+    def start_soon(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, restart: bool = False
+    ) -> None:
+        """Run a task for as long as the proxy is open.
+
+        The task group spans the body of the caller's ``async with``: a task that raised
+        would cancel that body. So an exception from ``fn`` (a bug in wool) is logged with
+        its stack instead; with ``restart``, ``fn`` then runs again after a pause.
+        """
+        self._tg.start_soon(_guarded, self._proxy.description, restart, fn, *args)
 
     async def __aenter__(self) -> WorkerProxy:
         await self._tg.__aenter__()
-        self._tg.start_soon(self._proxy.probe_suspects)
+        self.start_soon(self._proxy.probe_suspects, restart=True)
         if self._discovery is not None:
-            self._tg.start_soon(_follow, self._discovery, self._filter, self._proxy)
+            self.start_soon(_follow, self._discovery, self._filter, self._proxy, restart=True)
         return self._proxy
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -619,6 +628,27 @@ class open_proxy:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._proxy.aclose()
+
+
+async def _guarded(
+    owner: str, restart: bool, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+) -> None:
+    delay = 0.1
+    while True:
+        try:
+            await fn(*args)
+            return
+        except Exception:
+            log.exception(
+                "background task %s of %s failed (a bug in wool)%s",
+                getattr(fn, "__qualname__", fn),
+                owner,
+                f"; running it again in {delay:g} s" if restart else "",
+            )
+        if not restart:
+            return
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 async def _follow(
