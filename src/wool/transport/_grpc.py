@@ -22,7 +22,7 @@ from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as H2ProtocolError
 from grpclib.protocol import H2Protocol
-from h2.exceptions import H2Error
+from h2.exceptions import H2Error, StreamClosedError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
@@ -63,7 +63,24 @@ _STOP = "/wool.v1.Worker/Stop"
 # stream limit deadlocks deep fan-outs. Workers accept as many streams as memory allows.
 _MAX_CONCURRENT_STREAMS = 2**31 - 1
 
-_TRANSPORT_ERRORS = (StreamTerminatedError, H2ProtocolError, H2Error, ConnectionError, OSError)
+# The peer is gone, or reset the stream.
+_TRANSPORT_ERRORS = (StreamTerminatedError, StreamClosedError, ConnectionError, OSError)
+# On a connection that is still up, these mean that wool misused grpclib or h2 (grpclib's
+# ProtocolError "means that you probably should fix your code"): a bug, not a lost peer.
+_MISUSE_ERRORS = (H2ProtocolError, H2Error)
+
+
+def _lost_or_bug(exc: BaseException, connection: _Connection, address: str) -> Exception:
+    """The error for the caller: ``ConnectionLost`` when the peer is gone (the pool then
+    suspends the worker), or a ``RuntimeError`` for a bug in wool, logged with its stack,
+    which leaves a healthy worker in rotation."""
+    if isinstance(exc, _TRANSPORT_ERRORS) or not connection.channel._connected:
+        return ConnectionLost(f"connection to worker {address} lost: {exc}")
+    log.error("internal error on a call to worker %s (a bug in wool)", address, exc_info=exc)
+    return RuntimeError(
+        f"internal error in wool on a call to worker {address}: {exc!r}; this is a bug in "
+        "wool, please report it"
+    )
 
 
 # Large frames: a chunk of a payload crosses in a few frames instead of hundreds of 16 KiB
@@ -263,8 +280,8 @@ class Client:
             async with stream:
                 await _send(stream, request, self.limits, end=True)
                 response = await _receive(stream, Assembler(self.limits.max_payload))
-        except _TRANSPORT_ERRORS as exc:
-            raise ConnectionLost(f"connection to worker {self.address} lost: {exc}") from exc
+        except (*_TRANSPORT_ERRORS, *_MISUSE_ERRORS) as exc:
+            raise _lost_or_bug(exc, connection, self.address) from exc
         except GRPCError as exc:
             raise ProtocolError(
                 f"worker {self.address} failed the call without an answer: {exc.message}"
@@ -337,6 +354,8 @@ class Client:
                 response = await stream.recv_message()
         except (*_TRANSPORT_ERRORS, GRPCError, TimeoutError) as exc:
             raise ConnectionLost(f"worker {self.address} did not answer: {exc}") from exc
+        except _MISUSE_ERRORS as exc:
+            raise _lost_or_bug(exc, connection, self.address) from exc
         finally:
             connection.streams -= 1
         if response is None:
@@ -388,8 +407,8 @@ class CallStream:
 
     async def _failed(self, exc: BaseException) -> None:
         address = self._client.address
-        if isinstance(exc, _TRANSPORT_ERRORS):
-            raise ConnectionLost(f"connection to worker {address} lost: {exc}") from exc
+        if isinstance(exc, (*_TRANSPORT_ERRORS, *_MISUSE_ERRORS)):
+            raise _lost_or_bug(exc, self._connection, address) from exc
         if isinstance(exc, GRPCError):
             raise ProtocolError(f"worker {address} failed the call: {exc.message}") from exc
         if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -403,7 +422,7 @@ class CallStream:
             return
         self._closed = True
         self._connection.streams -= 1
-        with contextlib.suppress(*_TRANSPORT_ERRORS, GRPCError):
+        try:
             if reset:
                 await self._stream.cancel()
             else:
@@ -411,6 +430,10 @@ class CallStream:
                 while await self._stream.recv_message() is not None:
                     pass
             await self._stream.__aexit__(None, None, None)
+        except (*_TRANSPORT_ERRORS, GRPCError):
+            pass  # the call is over either way
+        except _MISUSE_ERRORS as exc:
+            _lost_or_bug(exc, self._connection, self._client.address)  # logs a bug
 
 
 class Service(Protocol):
