@@ -12,9 +12,9 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 
 import wool
 from wool.pool._proxy import WorkerProxy
-from wool.transport import _grpc
+from wool.transport import ConnectionLost, _grpc
 
-from .routines import add
+from .routines import add, die, identity
 from .stream_routines import counted
 
 pytestmark = pytest.mark.anyio
@@ -79,3 +79,27 @@ async def test_misuse_of_grpclib_is_a_bug_not_a_lost_worker(
         monkeypatch.undo()
         assert len(pool.workers) == 1  # still in rotation
         assert await call() == expected
+
+
+async def test_worker_lost_keeps_the_transport_error_as_its_cause() -> None:
+    # D15: causes were dropped with `from None`.
+    async with wool.WorkerPool(size=1):
+        with pytest.raises(wool.WorkerLost) as info:
+            await die()
+    assert isinstance(info.value.__cause__, ConnectionLost)
+    assert info.value.__cause__.__cause__ is not None  # grpclib's or the socket's own error
+
+
+async def test_an_argument_the_worker_cannot_import_keeps_the_import_error_as_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # D15: the worker's SerializationError dropped the ImportError behind it.
+    async with wool.WorkerPool(size=1):
+        (tmp_path / "caller_only_module.py").write_text("class Thing:\n    pass\n")
+        monkeypatch.syspath_prepend(str(tmp_path))  # after the workers copied sys.path
+        import caller_only_module  # pyright: ignore[reportMissingImports]
+
+        with pytest.raises(wool.SerializationError, match="cannot be unpickled") as info:
+            await identity(caller_only_module.Thing())
+    assert isinstance(info.value.__cause__, ModuleNotFoundError)
+    assert "caller_only_module" in str(info.value.__cause__)

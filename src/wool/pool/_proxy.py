@@ -272,7 +272,7 @@ class WorkerProxy:
                 self._suspend(worker, str(exc))
                 continue  # never sent: another worker may take it
             except ConnectionLost as exc:
-                raise self._lost(worker, routine, exc) from None
+                raise self._lost(worker, routine, exc) from exc
             except anyio.get_cancelled_exc_class():
                 await self._cancel_remote(client, request.task.id, grace)
                 raise
@@ -312,7 +312,7 @@ class WorkerProxy:
                     self._suspend(worker, str(exc))
                     continue  # never sent: another worker may take it
                 except ConnectionLost as exc:
-                    raise self._lost(worker, routine, exc) from None
+                    raise self._lost(worker, routine, exc) from exc
                 remote = RemoteGenerator(self, call, routine, worker, prefetch)
                 # The first step is always NEXT (Python refuses other first steps locally),
                 # so take it here: a worker that refuses the call lets another one take it.
@@ -545,13 +545,13 @@ class RemoteGenerator:
         try:
             await self._proxy._portal.run(self._call.send, Request(step=step))
         except ConnectionLost as exc:
-            raise self._proxy._lost(self._worker, self._routine, exc) from None
+            raise self._proxy._lost(self._worker, self._routine, exc) from exc
 
     async def _receive(self) -> Response:
         try:
             return await self._proxy._portal.run(self._call.receive)
         except ConnectionLost as exc:
-            raise self._proxy._lost(self._worker, self._routine, exc) from None
+            raise self._proxy._lost(self._worker, self._routine, exc) from exc
 
 
 def _type_name(value: object) -> str:

@@ -99,7 +99,7 @@ def load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str
         log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
         raise SerializationError(
             f"the call to {task.routine!r} cannot be unpickled on the worker: {exc!r}"
-        ) from None
+        ) from exc
     return (fn.run_here if isinstance(fn, Routine) else fn), args, kwargs
 
 
