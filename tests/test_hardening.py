@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -11,8 +15,9 @@ from grpclib.exceptions import ProtocolError as GrpclibProtocolError
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 import wool
-from wool.pool._proxy import WorkerProxy
-from wool.transport import ConnectionLost, _grpc
+from wool.discovery import DiscoveryEvent, WorkerFilter, WorkerMetadata
+from wool.pool._proxy import WorkerProxy, open_proxy
+from wool.transport import ConnectionLost, _grpc, portal_for_host
 
 from .routines import add, die, identity
 from .stream_routines import counted
@@ -103,3 +108,56 @@ async def test_an_argument_the_worker_cannot_import_keeps_the_import_error_as_ca
             await identity(caller_only_module.Thing())
     assert isinstance(info.value.__cause__, ModuleNotFoundError)
     assert "caller_only_module" in str(info.value.__cause__)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _FlakyDiscovery:
+    """Its first subscription reports ``first``, then fails; later ones report ``later``."""
+
+    def __init__(self, first: list[WorkerMetadata], later: list[WorkerMetadata]) -> None:
+        self.first, self.later = first, later
+        self.subscriptions = 0
+
+    @asynccontextmanager
+    async def publisher(self) -> AsyncIterator[Any]:
+        yield None
+
+    @asynccontextmanager
+    async def subscriber(
+        self, filter: WorkerFilter | None = None
+    ) -> AsyncIterator[AsyncIterator[DiscoveryEvent]]:
+        self.subscriptions += 1
+        first = self.subscriptions == 1
+
+        async def events() -> AsyncIterator[DiscoveryEvent]:
+            for worker in self.first if first else self.later:
+                yield DiscoveryEvent("worker-added", worker)
+            if first:
+                raise OSError("discovery backend hiccup")
+            await anyio.sleep_forever()
+
+        yield events()
+
+
+async def test_workers_gone_while_discovery_resubscribed_are_dropped() -> None:
+    # D13 (r13): the new subscription reports only present workers; the departed one
+    # stayed in rotation for ever.
+    gone = WorkerMetadata(id="gone", host="127.0.0.1", port=_closed_port())
+    kept = WorkerMetadata(id="kept", host="127.0.0.1", port=_closed_port())
+    discovery = _FlakyDiscovery([gone, kept], [kept])
+    portal = portal_for_host()
+    try:
+        async with open_proxy(
+            portal, discovery, grace=1, keepalive=None, wait_for_workers=1
+        ) as proxy:
+            with anyio.fail_after(10):
+                while "gone" in {w.id for w in proxy.workers} or discovery.subscriptions < 2:
+                    await proxy.changed()
+            assert [w.id for w in proxy.workers] == ["kept"]
+    finally:
+        portal.close()

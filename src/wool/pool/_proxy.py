@@ -190,6 +190,22 @@ class WorkerProxy:
                     self._balancer.add(worker)
                     self._notify()
 
+    async def reconcile(self, stale: set[str], reported: set[str]) -> None:
+        """After discovery subscribed again: drop the workers in ``stale`` (reported by the
+        last subscription) that the new one has not ``reported`` and that do not answer an
+        Info call, or answer that they are stopping."""
+        for worker_id in list(stale):
+            worker = self._known.get(worker_id)
+            if worker is None or worker_id in reported:
+                continue
+            try:
+                info = await self._portal.run(self._client(worker).info, 1.0)
+            except ConnectionLost:
+                info = None
+            if worker_id not in reported and (info is None or info.stopping):
+                log.info("worker %s is gone since discovery subscribed again", worker_id)
+                self.remove(worker_id)
+
     async def _close_forgotten(self, *, wait: bool = False) -> None:
         # A worker that left may still be finishing calls (it drains before it exits).
         closing, self._closing = self._closing, []
@@ -656,14 +672,22 @@ async def _follow(
 ) -> None:
     """Apply discovery's events to the proxy; if the discovery fails, subscribe again."""
     delay = 0.1
+    reported: set[str] = set()  # the workers the current subscription says are there
     while True:
+        # A new subscription reports only the workers present now: those the last one
+        # reported may have left meanwhile.
+        stale, reported = reported, set()
         try:
-            async with discovery.subscriber(filter) as events:
+            async with discovery.subscriber(filter) as events, anyio.create_task_group() as tg:
+                if stale:
+                    tg.start_soon(proxy.reconcile, stale, reported)
                 async for event in events:
                     delay = 0.1
                     if event.kind == "worker-dropped":
+                        reported.discard(event.worker.id)
                         proxy.remove(event.worker.id)
                     else:
+                        reported.add(event.worker.id)
                         proxy.add(event.worker)
         except anyio.get_cancelled_exc_class():
             raise
