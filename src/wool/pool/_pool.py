@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -95,11 +96,10 @@ class WorkerPool:
             size = 0 if discovery is not None else os.cpu_count() or 1
         elif size < 1:
             raise ValueError(f"size must be at least 1, got {size}")
-        if discovery is not None and not isinstance(discovery, DiscoveryLike):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(
-                f"discovery must implement wool.DiscoveryLike (publisher() and subscriber()), "
-                f"got {type(discovery).__name__}"
-            )
+        if discovery is not None:
+            _check_discovery(discovery)
+        if loadbalancer is not None:
+            _check_loadbalancer(loadbalancer)
         if backend not in (None, "asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
         if not math.isfinite(grace) or grace < 0:
@@ -319,3 +319,55 @@ class WorkerPool:
                     self._portal = None
         if self._discovery is not None:
             log.info("pool %s closed", self._discovery.namespace)
+
+
+def _check_discovery(discovery: object) -> None:
+    """Refuse, with what to do instead, a ``discovery`` that would fail only once used."""
+    if isinstance(discovery, type):
+        raise TypeError(
+            f"discovery must be an instance, got the class {discovery.__name__}; "
+            f"pass {discovery.__name__}(...)"
+        )
+    if not isinstance(discovery, DiscoveryLike):
+        raise TypeError(
+            f"discovery must implement wool.DiscoveryLike (publisher() and subscriber()), "
+            f"got {type(discovery).__name__}"
+        )
+    for name in ("publisher", "subscriber"):
+        factory = getattr(discovery, name)
+        if not callable(factory):
+            raise TypeError(
+                f"discovery.{name} must be a method that returns an async context manager, "
+                f"got {type(factory).__name__}"
+            )
+        try:
+            made = factory()
+        except Exception as exc:
+            raise TypeError(
+                f"discovery.{name}() cannot be called without arguments: {exc}"
+            ) from exc
+        usable = hasattr(made, "__aenter__") and hasattr(made, "__aexit__")
+        if inspect.iscoroutine(made):
+            made.close()  # an `async def` that is not a context manager: never awaited
+        if not usable:
+            raise TypeError(
+                f"discovery.{name}() must return an async context manager (for example, "
+                f"decorate it with @contextlib.asynccontextmanager), got {type(made).__name__}"
+            )
+
+
+def _check_loadbalancer(balancer: object) -> None:
+    """Refuse a ``loadbalancer`` that is not a wool.LoadBalancerLike instance."""
+    if isinstance(balancer, type):
+        raise TypeError(
+            f"loadbalancer must be an instance, got the class {balancer.__name__}; "
+            f"pass {balancer.__name__}()"
+        )
+    missing = [m for m in ("add", "remove", "choose") if not callable(getattr(balancer, m, None))]
+    if missing:
+        hint = " (a function is not a load balancer)" if callable(balancer) else ""
+        raise TypeError(
+            "loadbalancer must implement wool.LoadBalancerLike: add(worker), "
+            f"remove(worker_id) and choose(); {type(balancer).__name__} has no "
+            f"{', '.join(f'{m}()' for m in missing)}{hint}"
+        )
