@@ -96,7 +96,21 @@ class _QuietDataFrame(DataFrame):
 class _QuietFrames(FrameBuffer):
     """h2 builds ``repr(frame)`` of every frame it receives, for a log call that discards
     it; a DATA frame's repr hex-encodes the whole payload first. Received DATA frames get
-    a repr that does not."""
+    a repr that does not.
+
+    It also accepts frames of up to ``_MAX_FRAME_SIZE`` from the start. The peer may send
+    frames that large as soon as it has our SETTINGS (RFC 9113, 6.5.3), but h2 raises the
+    buffer's limit only at the start of a read, after the peer's ACK: an ACK and a large
+    frame read together used to fail the connection (FrameTooLargeError).
+    """
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._max_frame_size = max(value, _MAX_FRAME_SIZE)
 
     def __next__(self) -> Frame:
         frame = super().__next__()
