@@ -17,9 +17,11 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 import wool
 from wool.discovery import DiscoveryEvent, WorkerFilter, WorkerMetadata
 from wool.pool._proxy import WorkerProxy, open_proxy
-from wool.transport import ConnectionLost, _grpc, portal_for_host
+from wool.transport import ConnectionLost, Limits, _grpc, portal_for_host
+from wool.transport._framing import split
+from wool.worker._execute import failure
 
-from .routines import add, die, identity
+from .routines import add, die, fail, identity
 from .stream_routines import counted
 
 pytestmark = pytest.mark.anyio
@@ -161,3 +163,31 @@ async def test_workers_gone_while_discovery_resubscribed_are_dropped() -> None:
             assert [w.id for w in proxy.workers] == ["kept"]
     finally:
         portal.close()
+
+
+@wool.routine
+async def yields_then_fails(message: str) -> AsyncIterator[int]:
+    yield 1
+    raise ValueError(message)
+
+
+@pytest.mark.parametrize("text", ["x" * 100_000, "é€" * 40_000, "bad \ud800 surrogate"])
+def test_failure_texts_fit_the_smallest_message(text: str) -> None:
+    # D16 (r10): the texts travel unchunked beside the pickled exception.
+    limits = Limits(max_message=64 * 1024)
+    response = failure(ValueError(text), limits)
+    parts = split(response, limits.max_message)
+    assert all(len(bytes(part)) <= limits.max_message for part in parts)
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "generator"])
+async def test_a_long_exception_message_reaches_the_caller_with_small_messages(kind: str) -> None:
+    # D16: the worker's answer was unsendable; the caller got ProtocolError.
+    message = "é" * 100_000
+    async with wool.WorkerPool(size=1, max_message_size=64 * 1024):
+        with pytest.raises(ValueError) as info:
+            if kind == "coroutine":
+                await fail(message)
+            else:
+                assert [x async for x in yields_then_fails(message)] == [1]
+    assert str(info.value) == message

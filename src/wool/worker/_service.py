@@ -69,7 +69,7 @@ class WorkerService:
             return await self._dispatch(request)
         except Exception as exc:  # a worker bug must still reach the caller as an answer
             log.exception("call failed inside the worker")
-            return failure(WoolError(f"the worker failed the call: {exc!r}"))
+            return failure(WoolError(f"the worker failed the call: {exc!r}"), self.limits)
 
     async def _dispatch(self, request: Request) -> Response:
         task = request.task

@@ -71,7 +71,9 @@ class GeneratorSession:
         self._outbox_ready = anyio.Event()
         self._sending = anyio.Lock()
         try:
-            return await run_in(scope, self._task, deadline_of(self._task), self._serve)
+            return await run_in(
+                scope, self._task, deadline_of(self._task), self._serve, self._limits
+            )
         finally:
             await self._close_generator()
 
