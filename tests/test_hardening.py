@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +17,14 @@ from grpclib.exceptions import ProtocolError as GrpclibProtocolError
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 import wool
+import wool.pool._pool
 from wool.discovery import DiscoveryEvent, WorkerFilter, WorkerMetadata
 from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.transport import ConnectionLost, Limits, _grpc, portal_for_host
 from wool.transport._framing import split
 from wool.worker._execute import failure
 
-from .routines import add, die, fail, identity
+from .routines import add, die, fail, identity, whereami
 from .stream_routines import counted
 
 pytestmark = pytest.mark.anyio
@@ -191,3 +194,25 @@ async def test_a_long_exception_message_reaches_the_caller_with_small_messages(k
             else:
                 assert [x async for x in yields_then_fails(message)] == [1]
     assert str(info.value) == message
+
+
+@wool.routine
+async def pids_of_nested_calls(n: int) -> tuple[int, set[int]]:
+    return os.getpid(), {(await whereami())[0] for _ in range(n)}
+
+
+async def test_nested_calls_spread_over_the_pool_from_the_first_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Item 5: the pool was ready before its workers had found each other. With discovery
+    # polled every 2 s, at least one of two workers misses the other in its first look
+    # (each looks before it publishes itself), so without the wait its nested calls all
+    # stay on itself.
+    monkeypatch.setattr(
+        wool.pool._pool, "LocalDiscovery", functools.partial(wool.LocalDiscovery, poll_interval=2)
+    )
+    async with wool.WorkerPool(size=2) as pool:
+        results = [await pids_of_nested_calls(4) for _ in range(2)]
+        every = {w.pid for w in pool.workers}
+    assert {caller for caller, _ in results} == every  # both workers were asked
+    assert [nested for _, nested in results] == [every, every]

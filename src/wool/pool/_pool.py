@@ -213,17 +213,24 @@ class WorkerPool:
             "namespace, and that their tags match"
         )
 
-    def _new_process(self) -> WorkerProcess:
-        assert self._config is not None and self._discovery is not None
+    def _worker_id(self, number: int) -> str:
+        assert self._discovery is not None
+        return f"{self._discovery.namespace}-{number}"
+
+    def _new_process(self, peers: tuple[str, ...] = ()) -> WorkerProcess:
+        assert self._config is not None
         self._spawned += 1
         process = WorkerProcess(
-            replace(self._config, id=f"{self._discovery.namespace}-{self._spawned - 1}")
+            replace(self._config, id=self._worker_id(self._spawned - 1), peers=peers)
         )
         self._processes.append(process)  # before it starts: closing must stop it
         return process
 
     async def _spawn_all(self) -> None:
-        processes = [self._new_process() for _ in range(self.size)]
+        # Each worker reports ready once it knows the others: the pool is then ready for
+        # nested calls to spread over all of them.
+        peers = tuple(self._worker_id(self._spawned + n) for n in range(self.size))
+        processes = [self._new_process(peers) for _ in range(self.size)]
         errors: list[BaseException] = []
 
         async def start(process: WorkerProcess) -> None:
