@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from wool.transport import ConnectionLost, Limits, _grpc, portal_for_host
 from wool.transport._framing import split
 from wool.worker._execute import failure
 
-from .routines import add, die, fail, identity, whereami
+from .routines import Calculator, add, die, fail, identity, whereami
 from .stream_routines import counted
 
 pytestmark = pytest.mark.anyio
@@ -216,3 +217,26 @@ async def test_nested_calls_spread_over_the_pool_from_the_first_call(
         every = {w.pid for w in pool.workers}
     assert {caller for caller, _ in results} == every  # both workers were asked
     assert [nested for _, nested in results] == [every, every]
+
+
+def test_a_forgotten_await_names_the_routine() -> None:
+    with pytest.warns(RuntimeWarning, match=r"coroutine 'add' was never awaited"):
+        add(1, 2)  # pyright: ignore[reportUnusedCoroutine]
+        gc.collect()
+    with pytest.warns(RuntimeWarning, match=r"coroutine 'Calculator.plus' was never awaited"):
+        Calculator(1).plus(2)  # pyright: ignore[reportUnusedCoroutine]
+        gc.collect()
+
+
+async def test_a_pool_waiting_for_its_first_worker_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(wool.pool._pool, "_WAITING_NOTICE", 0.1)
+    discovery = wool.LocalDiscovery(f"nobody-{os.getpid()}")
+    with caplog.at_level(logging.INFO, logger="wool"):
+        with pytest.raises(wool.NoWorkersAvailable):
+            async with wool.WorkerPool(discovery=discovery, start_timeout=1):
+                pass
+    waiting = [r for r in caplog.records if "still waiting for a first worker" in r.getMessage()]
+    assert len(waiting) == 1
+    assert repr(discovery) in waiting[0].getMessage()

@@ -202,11 +202,20 @@ class WorkerPool:
         return MergedDiscovery(self._discovery, self.discovery)
 
     async def _wait_for_a_worker(self, proxy: WorkerProxy) -> None:
-        with anyio.move_on_after(self.start_timeout):
-            while not proxy.workers:
-                await proxy.changed()
-            return
         tags = f" with tags {sorted(self.tags)}" if self.tags else ""
+        with anyio.move_on_after(self.start_timeout):
+            with anyio.move_on_after(_WAITING_NOTICE):
+                await _first_worker(proxy)
+                return
+            log.warning(
+                "pool %s is still waiting for a first worker%s through %r (up to %g s in all)",
+                proxy.description,
+                tags,
+                self.discovery,
+                self.start_timeout,
+            )
+            await _first_worker(proxy)
+            return
         raise NoWorkersAvailable(
             f"no workers{tags} found through {self.discovery!r} within "
             f"{self.start_timeout:g} s; check that workers run with the same discovery and "
@@ -326,6 +335,15 @@ class WorkerPool:
                     self._portal = None
         if self._discovery is not None:
             log.info("pool %s closed", self._discovery.namespace)
+
+
+#: Seconds a pool waits for its first discovered worker before it logs that it still waits.
+_WAITING_NOTICE = 5.0
+
+
+async def _first_worker(proxy: WorkerProxy) -> None:
+    while not proxy.workers:
+        await proxy.changed()
 
 
 def _check_discovery(discovery: object) -> None:
