@@ -6,6 +6,7 @@ import functools
 import gc
 import logging
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ import wool
 import wool.pool._pool
 from wool.discovery import DiscoveryEvent, WorkerFilter, WorkerMetadata
 from wool.pool._proxy import WorkerProxy, open_proxy
-from wool.transport import ConnectionLost, Limits, _grpc, portal_for_host
+from wool.transport import Client, ConnectionLost, Limits, _grpc, portal_for_host
 from wool.transport._framing import split
 from wool.worker._execute import failure
 
@@ -240,3 +241,92 @@ async def test_a_pool_waiting_for_its_first_worker_says_so_once(
     waiting = [r for r in caplog.records if "still waiting for a first worker" in r.getMessage()]
     assert len(waiting) == 1
     assert repr(discovery) in waiting[0].getMessage()
+
+
+@wool.routine
+async def pid_once_released(marker: str, release: str) -> int:
+    """Write this worker's pid to ``marker``, then wait for the file ``release``."""
+    Path(marker).write_text(str(os.getpid()))
+    while not Path(release).exists():
+        await anyio.sleep(0.01)
+    return os.getpid()
+
+
+@wool.routine
+async def pid_items(n: int) -> AsyncIterator[int]:
+    for _ in range(n):
+        yield os.getpid()
+
+
+class _DeafToDepartures(wool.LocalDiscovery):
+    """Reports workers as they come, never as they go: the pool keeps a withdrawn worker
+    in rotation, as one that has not noticed the withdrawal yet would."""
+
+    @asynccontextmanager
+    async def subscriber(
+        self, filter: WorkerFilter | None = None
+    ) -> AsyncIterator[AsyncIterator[DiscoveryEvent]]:
+        async with super().subscriber(filter) as events:
+
+            async def arrivals() -> AsyncIterator[DiscoveryEvent]:
+                async for event in events:
+                    if event.kind != "worker-dropped":
+                        yield event
+
+            yield arrivals()
+
+
+async def _wait_until_stopping(worker: WorkerMetadata) -> None:
+    portal = portal_for_host()
+    client = Client(worker.host, worker.port)
+    try:
+        with anyio.fail_after(10):
+            while not (await portal.run(client.info, 1.0)).stopping:
+                await anyio.sleep(0.01)
+    finally:
+        await portal.run(client.close)
+        portal.close()
+
+
+async def _until_exists(path: Path) -> None:
+    with anyio.fail_after(10):
+        while not path.exists() or not path.read_text():
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "generator"])
+async def test_a_stopping_worker_refuses_calls_and_another_takes_them(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    # r14: the test of this path never got a STOPPING refusal, because the pool had
+    # dropped the draining worker before calling. Here the pool does not hear that it
+    # left, so round robin sends it one of the next two calls, which it refuses.
+    monkeypatch.setattr(wool.pool._pool, "LocalDiscovery", _DeafToDepartures)
+    marker, release = tmp_path / "holder", tmp_path / "release"
+    async with wool.WorkerPool(size=2, grace=10) as pool:
+        async with anyio.create_task_group() as tg:
+            held: list[int] = []
+
+            async def hold() -> None:
+                held.append(await pid_once_released(str(marker), str(release)))
+
+            tg.start_soon(hold)
+            await _until_exists(marker)
+            draining = int(marker.read_text())
+            (worker,) = [w for w in pool.workers if w.pid == draining]
+            (other,) = [w.pid for w in pool.workers if w.pid != draining]
+            os.kill(draining, signal.SIGTERM)  # it finishes the held call, refuses new ones
+            await _wait_until_stopping(worker)
+            with caplog.at_level(logging.WARNING, logger="wool"):
+                for _ in range(2):
+                    if kind == "coroutine":
+                        assert (await whereami())[0] == other
+                    else:
+                        assert [pid async for pid in pid_items(3)] == [other] * 3
+            release.write_text("go")
+        assert held == [draining]  # the draining worker finished the call it had
+    refused = [r for r in caplog.records if f"{worker.id}" in r.getMessage()]
+    assert any("suspended: it is stopping" in r.getMessage() for r in refused)
