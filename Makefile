@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: env test demo bench proto proto-check lint clean
+.PHONY: env test test-bench demo bench proto proto-check lint clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ env: $(READY)
 
 test: $(READY)
 	$(BIN)/python -m pytest
+
+# The tests that run the benchmark harness end to end (minutes): not part of `make test`.
+test-bench: $(READY)
+	$(BIN)/python -m pytest -m bench
 
 demo: $(READY)
 	$(BIN)/python examples/quickstart.py
