@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import socket
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -20,7 +21,8 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 
 import wool
 import wool.pool._pool
-from wool.discovery import DiscoveryEvent, WorkerFilter, WorkerMetadata
+from wool.discovery import DiscoveryEvent, MergedDiscovery, WorkerFilter, WorkerMetadata
+from wool.discovery._lan import _Browser
 from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.transport import Client, ConnectionLost, Limits, _grpc, portal_for_host
 from wool.transport._framing import split
@@ -330,3 +332,20 @@ async def test_a_stopping_worker_refuses_calls_and_another_takes_them(
         assert held == [draining]  # the draining worker finished the call it had
     refused = [r for r in caplog.records if f"{worker.id}" in r.getMessage()]
     assert any("suspended: it is stopping" in r.getMessage() for r in refused)
+
+
+async def test_discoveries_close_their_memory_streams() -> None:
+    # D19 (r5): anyio warns about memory object streams collected unclosed.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = MergedDiscovery(wool.LocalDiscovery("r5-a"), wool.LocalDiscovery("r5-b"))
+        async with merged.subscriber() as events:
+            with anyio.move_on_after(0.1):
+                async for _ in events:
+                    pass
+        del events
+        browser = _Browser(cast(Any, None), "r5")
+        await browser.close()
+        del browser
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
