@@ -349,3 +349,41 @@ async def test_discoveries_close_their_memory_streams() -> None:
         del browser
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+class _ShrinkingDns(wool.DnsDiscovery):
+    """Resolves to two loopback addresses, then to one, then waits."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__("pods.invalid", port, interval=0, timeout=1)
+        self.answers = [{"127.0.0.1", "127.0.0.2"}, {"127.0.0.1"}]
+        self.resolved_twice = anyio.Event()
+        self.clients: dict[str, Client] = {}
+
+    async def _resolve(self) -> set[str] | None:
+        if self.answers:
+            return self.answers.pop(0)
+        self.resolved_twice.set()
+        await anyio.sleep_forever()
+        return None
+
+    def _events(
+        self, portal: Any, clients: dict[str, Client], filter: WorkerFilter | None
+    ) -> AsyncIterator[DiscoveryEvent]:
+        self.clients = clients
+        return super()._events(portal, clients, filter)
+
+
+async def test_dns_discovery_keeps_clients_only_for_addresses_dns_lists() -> None:
+    # D20: one client per address ever resolved, never removed.
+    discovery = _ShrinkingDns(_closed_port())
+    async with discovery.subscriber() as events, anyio.create_task_group() as tg:
+
+        async def drain() -> None:
+            async for _ in events:
+                pass
+
+        tg.start_soon(drain)
+        await discovery.resolved_twice.wait()
+        assert set(discovery.clients) == {"127.0.0.1"}
+        tg.cancel_scope.cancel()
