@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import logging
 import os
 import signal
 import socket
+import threading
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +26,7 @@ import wool.pool._pool
 from wool.discovery import DiscoveryEvent, MergedDiscovery, WorkerFilter, WorkerMetadata
 from wool.discovery._lan import _Browser
 from wool.pool._proxy import WorkerProxy, open_proxy
-from wool.transport import Client, ConnectionLost, Limits, _grpc, portal_for_host
+from wool.transport import Client, ConnectionLost, Limits, _bridge, _grpc, portal_for_host
 from wool.transport._framing import split
 from wool.worker._execute import failure
 
@@ -387,3 +389,33 @@ async def test_dns_discovery_keeps_clients_only_for_addresses_dns_lists() -> Non
         await discovery.resolved_twice.wait()
         assert set(discovery.clients) == {"127.0.0.1"}
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_the_transport_thread_cancels_what_is_left_on_its_loop() -> None:
+    # D22: the last release stopped the loop with its tasks still pending (then joined the
+    # thread from async code).
+    portal = portal_for_host()
+    assert isinstance(portal, _bridge._ThreadPortal)
+    started, ended = threading.Event(), threading.Event()
+    how: list[str] = []
+
+    async def left_behind() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            how.append("cancelled")
+            raise
+        finally:
+            ended.set()
+
+    thread = _bridge.LoopThread._shared
+    assert thread is not None
+    portal.loop.call_soon_threadsafe(lambda: portal.loop.create_task(left_behind()))
+    assert await anyio.to_thread.run_sync(started.wait, 10)
+    portal.close()
+    assert await anyio.to_thread.run_sync(ended.wait, 10)
+    assert how == ["cancelled"]
+    await anyio.to_thread.run_sync(thread._thread.join, 10)
+    assert thread.loop.is_closed()
