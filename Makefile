@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: env test test-on test-lowest demo bench proto proto-check lint docs clean
+.PHONY: env test test-on test-lowest test-bench demo bench proto proto-check lint docs clean
 
 # CONSTRAINTS=file pins what the environment installs (see test-lowest).
 $(READY): pyproject.toml
@@ -26,6 +26,10 @@ test-on:
 test-lowest:
 	$(PYTHON) .ci/lowest.py pyproject.toml > .ci/lowest.txt
 	$(MAKE) test VENV=.venv-lowest CONSTRAINTS=.ci/lowest.txt
+
+# The tests that run the benchmark harness end to end (minutes): not part of `make test`.
+test-bench: $(READY)
+	$(BIN)/python -m pytest -m bench
 
 demo: $(READY)
 	$(BIN)/python examples/quickstart.py

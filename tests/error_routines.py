@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -191,5 +192,8 @@ async def outer_catches_and_wraps(value: str) -> None:
 
 
 @wool.routine
-async def sleep_forever() -> None:
+async def sleep_forever(started: str | None = None) -> None:
+    """Sleep; first create the file ``started``, if given."""
+    if started is not None:
+        Path(started).write_text("")
     await anyio.sleep(3600)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -107,12 +106,16 @@ class Calculator:
 
 @wool.routine
 async def cancel_with_shielded_cleanup(marker: str, release: str) -> None:
-    """On cancellation, run a shielded cleanup that waits for the file ``release``."""
+    """On cancellation, run a shielded cleanup that waits for the file ``release``.
+
+    ``marker`` reads "started", then "cleaning" once the cleanup waits, then "cleaned up".
+    """
     try:
         Path(marker).write_text("started")
         await anyio.sleep(30)
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
+            Path(marker).write_text("cleaning")
             while not Path(release).exists():
                 await anyio.sleep(0.01)
             Path(marker).write_text("cleaned up")
@@ -162,17 +165,21 @@ async def fan_out(n: int, workdir: str) -> int:
 
 
 @wool.routine
-async def tree(depth: int, marker_dir: str) -> None:
-    """A binary tree of nested calls whose leaves sleep forever; each node marks its finally."""
+async def tree(depth: int, marker_dir: str, node: str = "r") -> None:
+    """A binary tree of nested calls whose leaves sleep forever. Each leaf creates
+    ``started-<node>`` once it runs; each node appends its name (its parent's name and a
+    0 or 1) to the file ``finally`` from its finally block."""
     try:
         if depth == 0:
+            (Path(marker_dir) / f"started-{node}").write_text("")
             await anyio.sleep(60)
             return
         async with anyio.create_task_group() as tg:
-            tg.start_soon(tree, depth - 1, marker_dir)
-            tg.start_soon(tree, depth - 1, marker_dir)
+            tg.start_soon(tree, depth - 1, marker_dir, node + "0")
+            tg.start_soon(tree, depth - 1, marker_dir, node + "1")
     finally:
-        (Path(marker_dir) / f"{depth}-{uuid.uuid4().hex}").write_text("finally")
+        with open(Path(marker_dir) / "finally", "a") as f:
+            f.write(node + "\n")
 
 
 @wool.routine

@@ -43,6 +43,7 @@ def _positive_numbers(section: dict[str, object], name: str) -> None:
         assert math.isfinite(value) and value > 0, (name, key, value)
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(BENCH_TIMEOUT + 60)
 def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
     work = tmp_path / "work"

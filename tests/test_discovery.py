@@ -121,10 +121,10 @@ async def test_hybrid_pool_spawns_and_discovers() -> None:
 async def test_tags_select_discovered_workers() -> None:
     discovery = MemoryDiscovery()
     async with wool.WorkerPool("gpu", size=1) as gpus, wool.WorkerPool(size=1) as plain:
-        await discovery.publish("worker-added", gpus.workers[0])
+        # The untagged worker first: were it not filtered out, the pool would open with it.
         await discovery.publish("worker-added", plain.workers[0])
+        await discovery.publish("worker-added", gpus.workers[0])
         async with wool.WorkerPool("gpu", discovery=discovery) as pool:
-            await anyio.sleep(0.1)
             assert [w.id for w in pool.workers] == [gpus.workers[0].id]
             assert {(await whereami())[0] for _ in range(4)} == {gpus.workers[0].pid}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -312,15 +313,19 @@ async def test_failures_in_a_caller_task_group_have_the_local_shape() -> None:
     assert len(remote.exceptions) == 4
 
 
-async def test_one_failure_cancels_remote_siblings_as_it_does_local_ones() -> None:
+async def test_one_failure_cancels_remote_siblings_as_it_does_local_ones(
+    tmp_path: Path,
+) -> None:
     async def run(remote: bool) -> BaseException:
         fail = er.raise_value if remote else er.raise_value.__wrapped__
         sleep = er.sleep_forever if remote else er.sleep_forever.__wrapped__
+        started = [tmp_path / f"{remote}-{i}" for i in range(2)]
         with anyio.fail_after(30), pytest.raises(BaseExceptionGroup) as info:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(sleep)
-                tg.start_soon(sleep)
-                await anyio.sleep(0.2)  # the sleepers are running (remotely: on workers)
+                for path in started:
+                    tg.start_soon(sleep, str(path))
+                while not all(path.exists() for path in started):  # running (on workers)
+                    await anyio.sleep(0.01)
                 tg.start_soon(fail, "only me")
         return info.value
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
-import signal
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 
 import wool
 
-from .routines import Talker, conversation, hold
+from .routines import Talker, conversation
 
 pytestmark = pytest.mark.anyio
 
@@ -159,19 +157,3 @@ async def test_unpicklable_sent_value_is_refused(tmp_path: Path) -> None:
         with pytest.raises(wool.SerializationError, match="cannot be pickled"):
             await gen.asend(threading.Lock())
         await gen.aclose()
-
-
-async def test_a_stopping_worker_hands_generator_calls_to_another(tmp_path: Path) -> None:
-    marker = tmp_path / "holder"
-    async with wool.WorkerPool(size=2, grace=10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(hold, str(marker), 2.0)
-            with anyio.fail_after(10):
-                while not marker.exists() or not marker.read_text():
-                    await anyio.sleep(0.01)
-            draining = int(marker.read_text())
-            os.kill(draining, signal.SIGTERM)  # it finishes the held call, refuses new ones
-            await anyio.sleep(0.2)
-            for i in range(4):
-                items = [item async for item in conversation(2, str(tmp_path / f"g{i}"))]
-                assert items == [0, 1]

@@ -30,6 +30,7 @@ _WILDCARDS = ("", "0.0.0.0", "::")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wool", description="wool: run and list workers.")
+    parser.add_argument("--version", action="version", version=f"wool {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = commands.add_parser(
@@ -38,74 +39,92 @@ def _parser() -> argparse.ArgumentParser:
         description="Run one worker until SIGTERM or SIGINT; then drain its calls and exit.",
     )
     _discovery_options(worker)
-    worker.add_argument("--tag", action="append", default=[], help="advertise TAG (repeatable)")
+    worker.add_argument(
+        "--tag", action="append", default=[], help="advertise TAG (repeatable; default: none)"
+    )
     worker.add_argument(
         "--host",
-        help="address to listen on (default 127.0.0.1 for local discovery, 0.0.0.0 for lan)",
+        help="address to listen on (default: 127.0.0.1 for local discovery, 0.0.0.0 for lan)",
     )
-    worker.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    worker.add_argument("--port", type=int, default=0, help="port (default: 0, a free one)")
     worker.add_argument(
         "--advertise-host",
         help="address callers should use (default: --host, "
         "or this host's first non-loopback IPv4 address when --host is a "
         "wildcard)",
     )
-    worker.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    worker.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="event loop routines run on (default: %(default)s)",
+    )
     worker.add_argument(
         "--concurrency",
         type=_positive_int,
-        help="root calls run at once at most (nested calls are never held back); default: no limit",
+        help="root calls run at once at most (nested calls are never held back; default: no limit)",
     )
     worker.add_argument(
         "--grace",
         type=float,
         default=10.0,
-        help="seconds to drain calls on stop before cancelling them",
+        help="seconds to drain calls on stop before cancelling them (default: %(default)g)",
     )
     worker.add_argument(
-        "--keepalive", type=float, default=5.0, help="seconds between HTTP/2 pings on open calls"
+        "--keepalive",
+        type=float,
+        default=5.0,
+        help="seconds between HTTP/2 pings on open calls (default: %(default)g)",
     )
     worker.add_argument(
         "--max-message-size",
         type=_positive_int,
         default=DEFAULT_LIMITS.max_message,
-        help="bytes in one message on the wire; larger payloads are chunked (default 4 MiB; "
+        help="bytes in one message on the wire; larger payloads are chunked (default: 4 MiB; "
         "use the same as the callers' pools)",
     )
     worker.add_argument(
         "--max-payload-size",
         type=_positive_int,
         default=DEFAULT_LIMITS.max_payload,
-        help="bytes one pickled argument tuple, result or item may take (default 1 GiB)",
+        help="bytes one pickled argument tuple, result or item may take (default: 1 GiB)",
     )
     worker.add_argument("--tls-cert", help="(not supported yet)")
     worker.add_argument("--tls-key", help="(not supported yet)")
     worker.add_argument("--tls-ca", help="(not supported yet)")
     worker.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="level of the worker's log (default: %(default)s)",
     )
 
     workers = commands.add_parser("workers", help="list the workers a discovery sees")
     _discovery_options(workers)
     workers.add_argument(
-        "--wait", type=float, help="seconds to listen (default 0.3 for local, 3 for lan)"
+        "--wait", type=float, help="seconds to listen (default: 0.3 for local, 3 for lan)"
     )
     return parser
 
 
 def _discovery_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--discovery", choices=("local", "lan"), default="local")
+    parser.add_argument(
+        "--discovery",
+        choices=("local", "lan"),
+        default="local",
+        help="local: this host's temp directory; lan: mDNS (default: %(default)s)",
+    )
     parser.add_argument(
         "--namespace",
         default=DEFAULT_NAMESPACE,
-        help=f"keeps pools apart (default {DEFAULT_NAMESPACE!r})",
+        help="keeps pools apart (default: %(default)s)",
     )
     parser.add_argument(
         "--interface",
         action="append",
         default=None,
         dest="interfaces",
-        help="lan: address of an interface to use for mDNS (repeatable; default all)",
+        help="lan: address of an interface to use for mDNS (repeatable; default: all)",
     )
 
 
@@ -217,9 +236,32 @@ def _table(workers: Sequence[WorkerMetadata]) -> str:
 
 def _workers(args: argparse.Namespace) -> int:
     seconds = args.wait if args.wait is not None else (3.0 if args.discovery == "lan" else 0.3)
-    workers = anyio.run(_collect, _discovery(args), seconds)
+    discovery = _discovery(args)
+    workers = anyio.run(_collect, discovery, seconds)
+    if not workers:
+        print(
+            f"wool workers: no workers found {_where(discovery)} within {seconds:g} s; "
+            "check --discovery and --namespace (and --wait for slow networks)",
+            file=sys.stderr,
+        )
+        return 0
     print(_table(workers))
     return 0
+
+
+def _where(discovery: DiscoveryLike) -> str:
+    if isinstance(discovery, LocalDiscovery):
+        return f"in namespace {discovery.namespace!r} of local discovery ({discovery.path})"
+    if isinstance(discovery, LanDiscovery):
+        where = ", ".join(discovery.interfaces) if discovery.interfaces else "all interfaces"
+        return f"in namespace {discovery.namespace!r} of lan discovery (mDNS on {where})"
+    return f"through {discovery!r}"
+
+
+def _version() -> str:
+    from wool import __version__
+
+    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

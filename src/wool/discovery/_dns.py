@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -66,9 +65,7 @@ class DnsDiscovery:
             yield self._events(portal, clients, filter)
         finally:
             with anyio.CancelScope(shield=True):
-                for client in clients.values():
-                    with contextlib.suppress(Exception):
-                        await portal.run(client.close)
+                await _close_clients(portal, clients, list(clients))
             portal.close()
 
     async def _resolve(self) -> set[str] | None:
@@ -87,6 +84,8 @@ class DnsDiscovery:
         while True:
             addresses = await self._resolve()
             if addresses is not None:
+                # Pods come and go: keep connections only to the addresses DNS lists now.
+                await _close_clients(portal, clients, clients.keys() - addresses)
                 for address in known.keys() - addresses:
                     yield DiscoveryEvent("worker-dropped", known.pop(address))
                 for address in sorted(addresses):
@@ -116,6 +115,17 @@ class DnsDiscovery:
                         kind: EventKind = "worker-added" if previous is None else "worker-updated"
                         yield DiscoveryEvent(kind, worker)
             await anyio.sleep(self.interval)
+
+
+async def _close_clients(
+    portal: Portal, clients: dict[str, Client], addresses: Iterable[str]
+) -> None:
+    for address in list(addresses):
+        client = clients.pop(address)
+        try:
+            await portal.run(client.close)
+        except Exception:
+            log.exception("closing the connection to %s failed", address)
 
 
 def _metadata(info: WorkerInfo, address: str, port: int) -> WorkerMetadata:

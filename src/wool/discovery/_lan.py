@@ -227,3 +227,4 @@ class _Browser:
         if self._browser is not None:
             await self._browser.async_cancel()
         self._send.close()
+        self._receive.close()

@@ -37,7 +37,7 @@ class MergedDiscovery:
         self, filter: WorkerFilter | None = None
     ) -> AsyncGenerator[AsyncIterator[DiscoveryEvent], None]:
         send, receive = anyio.create_memory_object_stream[DiscoveryEvent]()
-        async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
+        async with receive, AsyncExitStack() as stack, anyio.create_task_group() as tg:
             for discovery in self.discoveries:
                 events = await stack.enter_async_context(discovery.subscriber(filter))
                 tg.start_soon(_forward, events, send.clone())

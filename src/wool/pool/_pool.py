@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -108,11 +109,10 @@ class WorkerPool:
             size = 0 if discovery is not None else os.cpu_count() or 1
         elif size < 1:
             raise ValueError(f"size must be at least 1, got {size}")
-        if discovery is not None and not isinstance(discovery, DiscoveryLike):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(
-                f"discovery must implement wool.DiscoveryLike (publisher() and subscriber()), "
-                f"got {type(discovery).__name__}"
-            )
+        if discovery is not None:
+            _check_discovery(discovery)
+        if loadbalancer is not None:
+            _check_loadbalancer(loadbalancer)
         if backend not in (None, "asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
         if not math.isfinite(grace) or grace < 0:
@@ -192,7 +192,7 @@ class WorkerPool:
                 self._proxy.add(process.metadata)
                 self._proxy_scope.start_soon(self._supervise, process)
             if self._processes:
-                self._proxy_scope.start_soon(self._kill_wedged)
+                self._proxy_scope.start_soon(self._kill_wedged, restart=True)
             if self.discovery is not None:
                 await self._wait_for_a_worker(self._proxy)
         except BaseException:
@@ -218,28 +218,44 @@ class WorkerPool:
         return MergedDiscovery(self._discovery, self.discovery)
 
     async def _wait_for_a_worker(self, proxy: WorkerProxy) -> None:
-        with anyio.move_on_after(self.start_timeout):
-            while not proxy.workers:
-                await proxy.changed()
-            return
         tags = f" with tags {sorted(self.tags)}" if self.tags else ""
+        with anyio.move_on_after(self.start_timeout):
+            with anyio.move_on_after(_WAITING_NOTICE):
+                await _first_worker(proxy)
+                return
+            log.warning(
+                "pool %s is still waiting for a first worker%s through %r (up to %g s in all)",
+                proxy.description,
+                tags,
+                self.discovery,
+                self.start_timeout,
+            )
+            await _first_worker(proxy)
+            return
         raise NoWorkersAvailable(
             f"no workers{tags} found through {self.discovery!r} within "
             f"{self.start_timeout:g} s; check that workers run with the same discovery and "
             "namespace, and that their tags match"
         )
 
-    def _new_process(self) -> WorkerProcess:
-        assert self._config is not None and self._discovery is not None
+    def _worker_id(self, number: int) -> str:
+        assert self._discovery is not None
+        return f"{self._discovery.namespace}-{number}"
+
+    def _new_process(self, peers: tuple[str, ...] = ()) -> WorkerProcess:
+        assert self._config is not None
         self._spawned += 1
         process = WorkerProcess(
-            replace(self._config, id=f"{self._discovery.namespace}-{self._spawned - 1}")
+            replace(self._config, id=self._worker_id(self._spawned - 1), peers=peers)
         )
         self._processes.append(process)  # before it starts: closing must stop it
         return process
 
     async def _spawn_all(self) -> None:
-        processes = [self._new_process() for _ in range(self.size)]
+        # Each worker reports ready once it knows the others: the pool is then ready for
+        # nested calls to spread over all of them.
+        peers = tuple(self._worker_id(self._spawned + n) for n in range(self.size))
+        processes = [self._new_process(peers) for _ in range(self.size)]
         errors: list[BaseException] = []
 
         async def start(process: WorkerProcess) -> None:
@@ -335,3 +351,64 @@ class WorkerPool:
                     self._portal = None
         if self._discovery is not None:
             log.info("pool %s closed", self._discovery.namespace)
+
+
+#: Seconds a pool waits for its first discovered worker before it logs that it still waits.
+_WAITING_NOTICE = 5.0
+
+
+async def _first_worker(proxy: WorkerProxy) -> None:
+    while not proxy.workers:
+        await proxy.changed()
+
+
+def _check_discovery(discovery: object) -> None:
+    """Refuse, with what to do instead, a ``discovery`` that would fail only once used."""
+    if isinstance(discovery, type):
+        raise TypeError(
+            f"discovery must be an instance, got the class {discovery.__name__}; "
+            f"pass {discovery.__name__}(...)"
+        )
+    if not isinstance(discovery, DiscoveryLike):
+        raise TypeError(
+            f"discovery must implement wool.DiscoveryLike (publisher() and subscriber()), "
+            f"got {type(discovery).__name__}"
+        )
+    for name in ("publisher", "subscriber"):
+        factory = getattr(discovery, name)
+        if not callable(factory):
+            raise TypeError(
+                f"discovery.{name} must be a method that returns an async context manager, "
+                f"got {type(factory).__name__}"
+            )
+        try:
+            made = factory()
+        except Exception as exc:
+            raise TypeError(
+                f"discovery.{name}() cannot be called without arguments: {exc}"
+            ) from exc
+        usable = hasattr(made, "__aenter__") and hasattr(made, "__aexit__")
+        if inspect.iscoroutine(made):
+            made.close()  # an `async def` that is not a context manager: never awaited
+        if not usable:
+            raise TypeError(
+                f"discovery.{name}() must return an async context manager (for example, "
+                f"decorate it with @contextlib.asynccontextmanager), got {type(made).__name__}"
+            )
+
+
+def _check_loadbalancer(balancer: object) -> None:
+    """Refuse a ``loadbalancer`` that is not a wool.LoadBalancerLike instance."""
+    if isinstance(balancer, type):
+        raise TypeError(
+            f"loadbalancer must be an instance, got the class {balancer.__name__}; "
+            f"pass {balancer.__name__}()"
+        )
+    missing = [m for m in ("add", "remove", "choose") if not callable(getattr(balancer, m, None))]
+    if missing:
+        hint = " (a function is not a load balancer)" if callable(balancer) else ""
+        raise TypeError(
+            "loadbalancer must implement wool.LoadBalancerLike: add(worker), "
+            f"remove(worker_id) and choose(); {type(balancer).__name__} has no "
+            f"{', '.join(f'{m}()' for m in missing)}{hint}"
+        )

@@ -192,6 +192,22 @@ class WorkerProxy:
                     self._balancer.add(worker)
                     self._notify()
 
+    async def reconcile(self, stale: set[str], reported: set[str]) -> None:
+        """After discovery subscribed again: drop the workers in ``stale`` (reported by the
+        last subscription) that the new one has not ``reported`` and that do not answer an
+        Info call, or answer that they are stopping."""
+        for worker_id in list(stale):
+            worker = self._known.get(worker_id)
+            if worker is None or worker_id in reported:
+                continue
+            try:
+                info = await self._portal.run(self._client(worker).info, 1.0)
+            except ConnectionLost:
+                info = None
+            if worker_id not in reported and (info is None or info.stopping):
+                log.info("worker %s is gone since discovery subscribed again", worker_id)
+                self.remove(worker_id)
+
     async def _close_forgotten(self, *, wait: bool = False) -> None:
         # A worker that left may still be finishing calls (it drains before it exits).
         closing, self._closing = self._closing, []
@@ -199,8 +215,10 @@ class WorkerProxy:
             if client.busy and not wait:
                 self._closing.append(client)
                 continue
-            with contextlib.suppress(Exception):
+            try:
                 await self._portal.run(client.close)
+            except Exception:
+                log.exception("closing the client of worker %s failed", client.address)
 
     def _request(
         self,
@@ -272,7 +290,7 @@ class WorkerProxy:
                 self._suspend(worker, str(exc))
                 continue  # never sent: another worker may take it
             except ConnectionLost as exc:
-                raise self._lost(worker, routine, exc) from None
+                raise self._lost(worker, routine, exc) from exc
             except anyio.get_cancelled_exc_class():
                 await self._cancel_remote(client, request.task.id, grace)
                 raise
@@ -312,7 +330,7 @@ class WorkerProxy:
                     self._suspend(worker, str(exc))
                     continue  # never sent: another worker may take it
                 except ConnectionLost as exc:
-                    raise self._lost(worker, routine, exc) from None
+                    raise self._lost(worker, routine, exc) from exc
                 remote = RemoteGenerator(self, call, routine, worker, prefetch)
                 # The first step is always NEXT (Python refuses other first steps locally),
                 # so take it here: a worker that refuses the call lets another one take it.
@@ -535,13 +553,13 @@ class RemoteGenerator:
         try:
             await self._proxy._portal.run(self._call.send, Request(step=step))
         except ConnectionLost as exc:
-            raise self._proxy._lost(self._worker, self._routine, exc) from None
+            raise self._proxy._lost(self._worker, self._routine, exc) from exc
 
     async def _receive(self) -> Response:
         try:
             return await self._proxy._portal.run(self._call.receive)
         except ConnectionLost as exc:
-            raise self._proxy._lost(self._worker, self._routine, exc) from None
+            raise self._proxy._lost(self._worker, self._routine, exc) from exc
 
 
 def _time_left() -> float | None:
@@ -599,15 +617,22 @@ class open_proxy:
         )
         self._tg = anyio.create_task_group()
 
-    def start_soon(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Run a task for as long as the proxy is open."""
-        self._tg.start_soon(fn, *args)
+    def start_soon(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, restart: bool = False
+    ) -> None:
+        """Run a task for as long as the proxy is open.
+
+        The task group spans the body of the caller's ``async with``: a task that raised
+        would cancel that body. So an exception from ``fn`` (a bug in wool) is logged with
+        its stack instead; with ``restart``, ``fn`` then runs again after a pause.
+        """
+        self._tg.start_soon(_guarded, self._proxy.description, restart, fn, *args)
 
     async def __aenter__(self) -> WorkerProxy:
         await self._tg.__aenter__()
-        self._tg.start_soon(self._proxy.probe_suspects)
+        self.start_soon(self._proxy.probe_suspects, restart=True)
         if self._discovery is not None:
-            self._tg.start_soon(_follow, self._discovery, self._filter, self._proxy)
+            self.start_soon(_follow, self._discovery, self._filter, self._proxy, restart=True)
         return self._proxy
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -619,19 +644,48 @@ class open_proxy:
                 await self._proxy.aclose()
 
 
+async def _guarded(
+    owner: str, restart: bool, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+) -> None:
+    delay = 0.1
+    while True:
+        try:
+            await fn(*args)
+            return
+        except Exception:
+            log.exception(
+                "background task %s of %s failed (a bug in wool)%s",
+                getattr(fn, "__qualname__", fn),
+                owner,
+                f"; running it again in {delay:g} s" if restart else "",
+            )
+        if not restart:
+            return
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
 async def _follow(
     discovery: DiscoveryLike, filter: WorkerFilter | None, proxy: WorkerProxy
 ) -> None:
     """Apply discovery's events to the proxy; if the discovery fails, subscribe again."""
     delay = 0.1
+    reported: set[str] = set()  # the workers the current subscription says are there
     while True:
+        # A new subscription reports only the workers present now: those the last one
+        # reported may have left meanwhile.
+        stale, reported = reported, set()
         try:
-            async with discovery.subscriber(filter) as events:
+            async with discovery.subscriber(filter) as events, anyio.create_task_group() as tg:
+                if stale:
+                    tg.start_soon(proxy.reconcile, stale, reported)
                 async for event in events:
                     delay = 0.1
                     if event.kind == "worker-dropped":
+                        reported.discard(event.worker.id)
                         proxy.remove(event.worker.id)
                     else:
+                        reported.add(event.worker.id)
                         proxy.add(event.worker)
         except anyio.get_cancelled_exc_class():
             raise

@@ -101,9 +101,11 @@ class Routine(Generic[P, T]):
         return MethodType(self, instance)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        if self._generator:
-            return self._stream(args, kwargs)
-        return self._dispatch(args, kwargs)
+        call: Any = self._stream(args, kwargs) if self._generator else self._dispatch(args, kwargs)
+        # Named as the routine, so that "coroutine ... was never awaited" names it.
+        call.__name__ = self._fn.__name__
+        call.__qualname__ = self._fn.__qualname__
+        return call
 
     def _prepare(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -94,8 +94,11 @@ class LoopThread:
         try:
             self.loop.run_forever()
         finally:
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
+            try:
+                self.loop.run_until_complete(_cancel_pending())
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            finally:
+                self.loop.close()
 
     @classmethod
     def acquire(cls) -> LoopThread:
@@ -113,9 +116,21 @@ class LoopThread:
             if cls._users or cls._shared is None:
                 return
             shared, cls._shared = cls._shared, None
+        # Not joined: this runs in the host's event loop, which must not block. The thread
+        # cancels what is left on its loop, then closes it, on its own.
         shared.loop.call_soon_threadsafe(shared.loop.stop)
-        shared._thread.join(timeout=5)
-        log.debug("transport loop thread stopped")
+        log.debug("transport loop thread stopping")
+
+
+async def _cancel_pending() -> None:
+    """Cancel the tasks left on a stopped loop and let them unwind (for at most 5 s)."""
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=5)
+        if pending:
+            log.warning("%d transport task(s) did not finish when cancelled", len(pending))
 
 
 class Portal(Protocol):

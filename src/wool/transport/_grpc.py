@@ -23,7 +23,7 @@ from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as H2ProtocolError
 from grpclib.protocol import H2Protocol
-from h2.exceptions import H2Error
+from h2.exceptions import H2Error, StreamClosedError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
@@ -64,7 +64,24 @@ _STOP = "/wool.v1.Worker/Stop"
 # stream limit deadlocks deep fan-outs. Workers accept as many streams as memory allows.
 _MAX_CONCURRENT_STREAMS = 2**31 - 1
 
-_TRANSPORT_ERRORS = (StreamTerminatedError, H2ProtocolError, H2Error, ConnectionError, OSError)
+# The peer is gone, or reset the stream.
+_TRANSPORT_ERRORS = (StreamTerminatedError, StreamClosedError, ConnectionError, OSError)
+# On a connection that is still up, these mean that wool misused grpclib or h2 (grpclib's
+# ProtocolError "means that you probably should fix your code"): a bug, not a lost peer.
+_MISUSE_ERRORS = (H2ProtocolError, H2Error)
+
+
+def _lost_or_bug(exc: BaseException, connection: _Connection, address: str) -> Exception:
+    """The error for the caller: ``ConnectionLost`` when the peer is gone (the pool then
+    suspends the worker), or a ``RuntimeError`` for a bug in wool, logged with its stack,
+    which leaves a healthy worker in rotation."""
+    if isinstance(exc, _TRANSPORT_ERRORS) or not connection.channel._connected:
+        return ConnectionLost(f"connection to worker {address} lost: {exc}")
+    log.error("internal error on a call to worker %s (a bug in wool)", address, exc_info=exc)
+    return RuntimeError(
+        f"internal error in wool on a call to worker {address}: {exc!r}; this is a bug in "
+        "wool, please report it"
+    )
 
 
 # Large frames: a chunk of a payload crosses in a few frames instead of hundreds of 16 KiB
@@ -80,7 +97,21 @@ class _QuietDataFrame(DataFrame):
 class _QuietFrames(FrameBuffer):
     """h2 builds ``repr(frame)`` of every frame it receives, for a log call that discards
     it; a DATA frame's repr hex-encodes the whole payload first. Received DATA frames get
-    a repr that does not."""
+    a repr that does not.
+
+    It also accepts frames of up to ``_MAX_FRAME_SIZE`` from the start. The peer may send
+    frames that large as soon as it has our SETTINGS (RFC 9113, 6.5.3), but h2 raises the
+    buffer's limit only at the start of a read, after the peer's ACK: an ACK and a large
+    frame read together used to fail the connection (FrameTooLargeError).
+    """
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._max_frame_size = max(value, _MAX_FRAME_SIZE)
 
     def __next__(self) -> Frame:
         frame = super().__next__()
@@ -264,8 +295,8 @@ class Client:
             async with stream:
                 await _send(stream, request, self.limits, end=True)
                 response = await _receive(stream, Assembler(self.limits.max_payload))
-        except _TRANSPORT_ERRORS as exc:
-            raise ConnectionLost(f"connection to worker {self.address} lost: {exc}") from exc
+        except (*_TRANSPORT_ERRORS, *_MISUSE_ERRORS) as exc:
+            raise _lost_or_bug(exc, connection, self.address) from exc
         except GRPCError as exc:
             raise ProtocolError(
                 f"worker {self.address} failed the call without an answer: {exc.message}"
@@ -338,6 +369,8 @@ class Client:
                 response = await stream.recv_message()
         except (*_TRANSPORT_ERRORS, GRPCError, TimeoutError) as exc:
             raise ConnectionLost(f"worker {self.address} did not answer: {exc}") from exc
+        except _MISUSE_ERRORS as exc:
+            raise _lost_or_bug(exc, connection, self.address) from exc
         finally:
             connection.streams -= 1
         if response is None:
@@ -389,8 +422,8 @@ class CallStream:
 
     async def _failed(self, exc: BaseException) -> None:
         address = self._client.address
-        if isinstance(exc, _TRANSPORT_ERRORS):
-            raise ConnectionLost(f"connection to worker {address} lost: {exc}") from exc
+        if isinstance(exc, (*_TRANSPORT_ERRORS, *_MISUSE_ERRORS)):
+            raise _lost_or_bug(exc, self._connection, address) from exc
         if isinstance(exc, GRPCError):
             raise ProtocolError(f"worker {address} failed the call: {exc.message}") from exc
         if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -404,7 +437,7 @@ class CallStream:
             return
         self._closed = True
         self._connection.streams -= 1
-        with contextlib.suppress(*_TRANSPORT_ERRORS, GRPCError):
+        try:
             if reset:
                 await self._stream.cancel()
             else:
@@ -412,6 +445,10 @@ class CallStream:
                 while await self._stream.recv_message() is not None:
                     pass
             await self._stream.__aexit__(None, None, None)
+        except (*_TRANSPORT_ERRORS, GRPCError):
+            pass  # the call is over either way
+        except _MISUSE_ERRORS as exc:
+            _lost_or_bug(exc, self._connection, self._client.address)  # logs a bug
 
 
 class Service(Protocol):

@@ -39,6 +39,9 @@ class WorkerConfig:
     # The pool's process: when it dies (stdin closes), the worker stops on its own.
     parent_pid: int | None = None
     limits: Limits = DEFAULT_LIMITS
+    # Ids of the workers spawned with this one: it reports ready once discovery has shown
+    # it each of them, so that its routines' nested calls spread from the first call.
+    peers: tuple[str, ...] = ()
 
 
 def write_config(config: WorkerConfig) -> bytes:

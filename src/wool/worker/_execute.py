@@ -31,21 +31,29 @@ def failure(exc: BaseException, limits: Limits = DEFAULT_LIMITS) -> Response:
     data, type_name, message, text = dumps_exception(exc)
     if len(data) > limits.max_payload:
         data = b""  # the caller still gets its type, message and traceback
-    # The texts travel beside the payload, unchunked: they must fit in one message.
-    message, text = _shortened(message), _shortened(text)
+    # The texts travel beside the payload, unchunked: together they must fit in one message.
+    room = min(_TEXT_KEPT, (limits.max_message - _FAILURE_OVERHEAD) // 2)
+    message, text = _shortened(message, room), _shortened(text, room)
     return Response(
-        failure=Failure(exception=data, type=type_name, message=message, traceback=text)
+        failure=Failure(exception=data, type=type_name[:1024], message=message, traceback=text)
     )
 
 
-_TEXT_KEPT = 64 * 1024
+_TEXT_KEPT = 64 * 1024  # bytes of each text at most
+_FAILURE_OVERHEAD = 4096  # the type name (cut at 1024 characters) and the message framing
 
 
-def _shortened(text: str) -> str:
-    if len(text) <= _TEXT_KEPT:
-        return text
-    half = _TEXT_KEPT // 2
-    return f"{text[:half]}\n... ({len(text) - _TEXT_KEPT} characters left out) ...\n{text[-half:]}"
+def _shortened(text: str, room: int) -> str:
+    """``text``, cut in the middle to at most ``room`` bytes of UTF-8 (lone surrogates,
+    which protobuf cannot carry, escaped)."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= room:
+        return data.decode("utf-8")
+    note = f"\n... ({len(data) - room} bytes left out) ...\n"
+    half = (room - len(note) - 8) // 2
+    head = data[:half].decode("utf-8", "ignore")
+    tail = data[len(data) - half :].decode("utf-8", "ignore")
+    return f"{head}{note}{tail}"
 
 
 async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Response:
@@ -58,7 +66,7 @@ async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Respo
         # A Payload in a bytes field: the transport joins or chunks it (framing.split).
         return data if isinstance(data, Response) else Response(result=cast(bytes, data))
 
-    return await run_in(scope, task, deadline_of(task), call)
+    return await run_in(scope, task, deadline_of(task), call, limits)
 
 
 def deadline_of(task: Task) -> float | None:
@@ -71,6 +79,7 @@ async def run_in(
     task: Task,
     deadline: float | None,
     body: Callable[[], Awaitable[Response]],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Response:
     """Run ``body`` inside ``scope`` and turn however it ended into the answer."""
     if deadline is not None:
@@ -83,9 +92,9 @@ async def run_in(
         except anyio.get_cancelled_exc_class() as exc:
             if scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
                 raise
-            response = failure(exc)  # nothing cancelled it: the routine raised it itself
+            response = failure(exc, limits)  # nothing cancelled it: the routine raised it
         except BaseException as exc:
-            response = failure(exc)
+            response = failure(exc, limits)
     if response is not None:
         return response
     if scope.deadline <= anyio.current_time():
@@ -101,7 +110,7 @@ def load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str
         log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
         raise SerializationError(
             f"the call to {task.routine!r} cannot be unpickled on the worker: {exc!r}"
-        ) from None
+        ) from exc
     return (fn.run_here if isinstance(fn, Routine) else fn), args, kwargs
 
 
@@ -128,12 +137,14 @@ def pickle_value(task: Task, value: Any, limits: Limits, *, what: str) -> Payloa
         return failure(
             SerializationError(
                 f"{what} {task.routine!r} ({type(value).__name__}) cannot be pickled: {exc}"
-            )
+            ),
+            limits,
         )
     if len(data) > limits.max_payload:
         return failure(
             too_large(
                 f"{what} {task.routine!r} ({type(value).__name__})", len(data), limits.max_payload
-            )
+            ),
+            limits,
         )
     return data

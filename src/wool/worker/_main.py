@@ -16,7 +16,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -91,10 +91,33 @@ def _run_trio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) ->
             async with trio.open_nursery() as nursery:
                 await serve(config, portal, trio_executor(nursery.start_soon), report)
                 nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nursery wraps what serve() raised; the error is serve()'s, as on asyncio.
+            sole = _sole(group)
+            if sole is None:
+                raise
+            _reraise(sole)
         finally:
             portal.close()
 
     trio.run(main)
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception in ``group`` and the groups nested in it, if there is just one."""
+    if len(group.exceptions) != 1:
+        return None
+    inner = group.exceptions[0]
+    return _sole(inner) if isinstance(inner, BaseExceptionGroup) else inner
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    # Raised here, its context would become the group that wrapped it: keep its own.
+    context, suppressed = exc.__context__, exc.__suppress_context__
+    try:
+        raise exc
+    finally:
+        exc.__context__, exc.__suppress_context__ = context, suppressed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ class WorkerService:
             return await self._dispatch(request)
         except Exception as exc:  # a worker bug must still reach the caller as an answer
             log.exception("call failed inside the worker")
-            return failure(WoolError(f"the worker failed the call: {exc!r}"))
+            return failure(WoolError(f"the worker failed the call: {exc!r}"), self.limits)
 
     async def _dispatch(self, request: Request) -> Response:
         task = request.task
@@ -123,7 +123,7 @@ class WorkerService:
             final = await self._stream(request, receive, send)
         except Exception as exc:  # a worker bug must reach the caller as an answer, not a reset
             log.exception("generator call failed inside the worker")
-            final = failure(WoolError(f"the worker failed the call: {exc!r}"))
+            final = failure(WoolError(f"the worker failed the call: {exc!r}"), self.limits)
         with contextlib.suppress(Exception):  # the caller may be gone
             await send(final)
 

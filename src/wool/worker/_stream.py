@@ -77,7 +77,7 @@ class GeneratorSession:
         self._outbox_ready = anyio.Event()
         self._sending = anyio.Lock()
         # No deadline for the whole call: each step carries its caller's (Step.timeout).
-        return await run_in(scope, self._task, None, self._serve)
+        return await run_in(scope, self._task, None, self._serve, self._limits)
 
     async def _serve(self) -> Response:
         run, args, kwargs = load_call(self._task)

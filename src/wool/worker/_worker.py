@@ -13,7 +13,7 @@ import anyio
 
 from wool._errors import WoolError
 from wool.discovery import WorkerMetadata
-from wool.pool._proxy import open_proxy
+from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.routine import set_process_dispatcher
 from wool.transport import Executor, Limits, Portal, Server
 from wool.worker._config import WorkerConfig
@@ -91,6 +91,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
                 set_process_dispatcher(proxy)
                 proxy.pin(metadata)
                 await publisher.publish("worker-added", metadata)
+                await _find_peers(proxy, config)
                 log.info(
                     "worker %s serving at %s (%s, pid %d)",
                     config.id,
@@ -114,6 +115,21 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         with anyio.CancelScope(shield=True):
             await portal.run(server.close)
     log.info("worker %s stopped", config.id)
+
+
+async def _find_peers(proxy: WorkerProxy, config: WorkerConfig) -> None:
+    """Wait until discovery has shown this worker each of ``config.peers``."""
+    missing = set(config.peers) - {w.id for w in proxy.workers}
+    with anyio.move_on_after(config.wait_for_workers):
+        while missing:
+            await proxy.changed()
+            missing -= {w.id for w in proxy.workers}
+        return
+    raise WoolError(
+        f"worker {config.id} did not find the workers started with it "
+        f"({', '.join(sorted(missing))}) through {config.discovery!r} within "
+        f"{config.wait_for_workers:g} s"
+    )
 
 
 async def _new_server(service: WorkerService, keepalive: float | None, limits: Limits) -> Server:
