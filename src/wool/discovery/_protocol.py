@@ -24,6 +24,7 @@ class WorkerMetadata:
     """What a worker advertises about itself."""
 
     id: str
+    #: An IP address or name, or ``unix:/path`` for a worker on a Unix socket (port 0).
     host: str
     port: int
     pid: int = 0
@@ -37,6 +38,9 @@ class WorkerMetadata:
 
     @property
     def address(self) -> str:
+        """``host:port``, ``[host]:port`` for IPv6, or ``unix:/path`` for a Unix socket."""
+        if self.host.startswith("unix:"):
+            return self.host
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 

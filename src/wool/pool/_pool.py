@@ -19,6 +19,7 @@ from wool.discovery import DiscoveryLike, LocalDiscovery, MergedDiscovery, Worke
 from wool.loadbalancer import LoadBalancerLike
 from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.routine import Dispatcher, dispatcher_var
+from wool.security import WorkerCredentials, private_socket_path, release_socket
 from wool.transport import DEFAULT_LIMITS, Limits, Portal, current_backend, portal_for_host
 from wool.worker import WorkerConfig, WorkerProcess
 
@@ -70,6 +71,19 @@ class WorkerPool:
         max_payload_size: bytes an argument tuple, return value, yielded item or sent
             value may pickle to (default 1 GiB). A call over it raises
             ``SerializationError`` before anything is sent.
+        credentials: a ``wool.WorkerCredentials``: every connection to a worker is TLS
+            (mutual unless the credentials say otherwise), spawned workers get the same
+            credentials, and workers that do not use TLS are refused. Without
+            credentials, workers that require TLS are refused.
+        insecure: accept discovered workers that listen in plaintext on a network
+            address (anything but loopback or a Unix socket). Their answers are pickles
+            this process loads: only for networks where every host is trusted.
+
+    Spawned workers listen on Unix sockets in a directory only this user can enter
+    (``<tmp>/wool-<uid>/sockets``, mode 0700): other users of the host cannot reach them.
+
+    Calls to a worker the pool refuses (a TLS mismatch, a failed TLS handshake) go to the
+    other workers; when none is left, they raise ``SecurityError`` saying what to change.
 
     Exiting the block stops every worker the pool spawned (SIGTERM, then SIGKILL after
     ``grace``), also when the block raised or was cancelled; nothing it started is left
@@ -90,6 +104,8 @@ class WorkerPool:
         log_level: int | None = None,
         max_message_size: int = DEFAULT_LIMITS.max_message,
         max_payload_size: int = DEFAULT_LIMITS.max_payload,
+        credentials: WorkerCredentials | None = None,
+        insecure: bool = False,
     ) -> None:
         if size is None:
             size = 0 if discovery is not None else os.cpu_count() or 1
@@ -109,7 +125,13 @@ class WorkerPool:
         for tag in tags:
             if not isinstance(tag, str) or not tag:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise TypeError(f"tags must be non-empty strings, got {tag!r}")
+        if credentials is not None and not isinstance(credentials, WorkerCredentials):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"credentials must be a wool.WorkerCredentials, got {type(credentials).__name__}"
+            )
         self.limits = Limits(max_message=max_message_size, max_payload=max_payload_size)
+        self.credentials = credentials
+        self.insecure = insecure
         self.tags = frozenset(tags)
         self.size = size
         self.discovery = discovery
@@ -156,6 +178,8 @@ class WorkerPool:
             log_level=self.log_level,
             parent_pid=os.getpid(),
             limits=self.limits,
+            credentials=self.credentials,
+            insecure=self.insecure,
         )
         try:
             await self._spawn_all()
@@ -169,6 +193,8 @@ class WorkerPool:
                 filter=lambda w: self.tags <= w.tags,
                 loadbalancer=self._loadbalancer,
                 description=f"pool {self._discovery.namespace}",
+                credentials=self.credentials,
+                insecure=self.insecure,
             )
             self._proxy = await self._proxy_scope.__aenter__()
             for process in self._processes:
@@ -204,6 +230,8 @@ class WorkerPool:
     async def _wait_for_a_worker(self, proxy: WorkerProxy) -> None:
         with anyio.move_on_after(self.start_timeout):
             while not proxy.workers:
+                if proxy.refused:
+                    raise proxy.refused[-1]
                 await proxy.changed()
             return
         tags = f" with tags {sorted(self.tags)}" if self.tags else ""
@@ -216,8 +244,9 @@ class WorkerPool:
     def _new_process(self) -> WorkerProcess:
         assert self._config is not None and self._discovery is not None
         self._spawned += 1
+        worker_id = f"{self._discovery.namespace}-{self._spawned - 1}"
         process = WorkerProcess(
-            replace(self._config, id=f"{self._discovery.namespace}-{self._spawned - 1}")
+            replace(self._config, id=worker_id, host=private_socket_path(worker_id))
         )
         self._processes.append(process)  # before it starts: closing must stop it
         return process
@@ -270,6 +299,7 @@ class WorkerPool:
         self._proxy.remove(process.config.id)
         self._processes.remove(process)
         await process.stop(0)
+        release_socket(process.config.host)
         delay = 0.1
         while True:
             replacement = self._new_process()
@@ -278,6 +308,7 @@ class WorkerPool:
             except Exception as exc:
                 self._processes.remove(replacement)
                 await replacement.stop(0)
+                release_socket(replacement.config.host)
                 log.error("replacement worker failed to start (retrying in %g s): %s", delay, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -310,6 +341,8 @@ class WorkerPool:
                 async with anyio.create_task_group() as tg:
                     for process in self._processes:
                         tg.start_soon(process.stop, self.grace)
+                for process in self._processes:
+                    release_socket(process.config.host)
                 self._processes = []
                 self._config = None
                 if self._discovery is not None:

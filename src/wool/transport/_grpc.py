@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -27,7 +29,13 @@ from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
 
-from wool._errors import ProtocolError
+from wool._errors import ProtocolError, SecurityError
+from wool.security import (
+    WorkerCredentials,
+    prepare_socket_directory,
+    release_socket,
+    unix_path,
+)
 from wool.transport._bridge import CoalescingTransport, ConnectionLost, Unreachable
 from wool.transport._framing import (
     DEFAULT_LIMITS,
@@ -109,8 +117,98 @@ def _tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
 
 
 class _Channel(grpclib.client.Channel):
+    """A channel that remembers why its connection ended and what the peer sent first:
+    a TLS failure after the handshake (the worker refusing our certificate) arrives only
+    as the cause of a lost connection."""
+
+    lost_reason: BaseException | None = None
+    first_bytes: bytes | None = None
+
     def _protocol_factory(self) -> H2Protocol:
-        return _tuned(super()._protocol_factory(), {})
+        protocol = _tuned(super()._protocol_factory(), {})
+        connection_lost = protocol.connection_lost
+        data_received = protocol.data_received
+
+        def lost(exc: Exception | None) -> None:
+            self.lost_reason = exc
+            connection_lost(exc)
+
+        def first_data(data: bytes) -> None:
+            self.first_bytes = bytes(data[:8])
+            protocol.data_received = data_received  # type: ignore[method-assign]
+            data_received(data)
+
+        protocol.connection_lost = lost  # type: ignore[method-assign]
+        protocol.data_received = first_data  # type: ignore[method-assign]
+        return protocol
+
+
+# A server that speaks TLS answers a plaintext HTTP/2 preface with a TLS record.
+_TLS_RECORD_TYPES = (b"\x15\x03", b"\x16\x03")
+
+# Name checked in a worker's certificate when connecting over a Unix socket: none is
+# (the socket's 0700 directory already says who listens); the chain is still verified.
+_UNIX_SERVER_NAME = "wool-worker"
+
+
+def _open_channel(
+    host: str,
+    port: int,
+    *,
+    credentials: WorkerCredentials | None,
+    server_name: str | None,
+    codec: CodecBase,
+    keepalive: float | None,
+) -> _Channel:
+    """A channel to a worker at ``host:port`` or ``unix:/path``, over TLS with
+    ``credentials``; the worker's certificate must name ``server_name`` (default: host)."""
+    path = unix_path(host)
+    tls = None
+    if credentials is not None:
+        tls = credentials.client_context(check_hostname=path is None)
+        if path is not None:
+            server_name = _UNIX_SERVER_NAME
+    config = _configuration(keepalive, server_name=server_name if tls else None)
+    if path is not None:
+        return _Channel(path=path, ssl=tls, codec=codec, config=config)
+    return _Channel(host, port, ssl=tls, codec=codec, config=config)
+
+
+def _tls_refusal(address: str, exc: BaseException | None) -> SecurityError | None:
+    """The typed error for a TLS failure in ``exc`` (None if it is no TLS failure)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return SecurityError(
+            f"this caller refused the certificate of worker {address}: {exc.verify_message}; "
+            "the worker's certificate must be signed by the pool's CA, be valid now, and "
+            "name the address the caller connects to",
+            worker=address,
+        )
+    if not isinstance(exc, ssl.SSLError):
+        return None
+    reason = exc.reason or str(exc)
+    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return SecurityError(
+            f"worker {address} does not speak TLS ({reason}) but this caller has "
+            "credentials; start the worker with credentials (wool worker --tls-cert "
+            "--tls-key --tls-ca), or call it from a pool without credentials",
+            worker=address,
+        )
+    return SecurityError(
+        f"worker {address} refused this caller's TLS connection ({reason}); under mutual "
+        "TLS the caller's certificate must be signed by the worker's CA and valid now",
+        worker=address,
+    )
+
+
+def _plaintext_refusal(address: str, channel: _Channel) -> SecurityError | None:
+    """The typed error when a caller without credentials reached a TLS worker."""
+    if channel.first_bytes is not None and channel.first_bytes[:2] in _TLS_RECORD_TYPES:
+        return SecurityError(
+            f"worker {address} requires TLS but this caller has no credentials; give the "
+            "pool credentials=wool.WorkerCredentials(...) signed by the worker's CA",
+            worker=address,
+        )
+    return None
 
 
 class _Codec(CodecBase):
@@ -169,17 +267,19 @@ _STREAM_WINDOW = 8 * 1024 * 1024
 _CONNECTION_WINDOW = 32 * 1024 * 1024
 
 
-def _configuration(keepalive: float | None) -> Configuration:
+def _configuration(keepalive: float | None, *, server_name: str | None = None) -> Configuration:
     """HTTP/2 pings every ``keepalive`` seconds while calls are open; a peer that has not
     answered one within another ``keepalive`` seconds is taken for gone."""
     if keepalive is None:
         return Configuration(
             http2_connection_window_size=_CONNECTION_WINDOW,
             http2_stream_window_size=_STREAM_WINDOW,
+            ssl_target_name_override=server_name,
         )
     return Configuration(
         http2_connection_window_size=_CONNECTION_WINDOW,
         http2_stream_window_size=_STREAM_WINDOW,
+        ssl_target_name_override=server_name,
         _keepalive_time=keepalive,
         _keepalive_timeout=keepalive,
         _http2_max_pings_without_data=0,
@@ -197,7 +297,7 @@ _STREAMS_PER_CONNECTION = 64
 class _Connection:
     __slots__ = ("channel", "streams")
 
-    def __init__(self, channel: grpclib.client.Channel) -> None:
+    def __init__(self, channel: _Channel) -> None:
         self.channel = channel
         self.streams = 0
 
@@ -212,10 +312,14 @@ class Client:
         *,
         keepalive: float | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        credentials: WorkerCredentials | None = None,
+        server_name: str | None = None,
     ) -> None:
-        self.address = f"{host}:{port}"
+        self.address = host if unix_path(host) is not None else f"{host}:{port}"
         self._host = host
         self._port = port
+        self._credentials = credentials
+        self._server_name = server_name
         self._keepalive = keepalive
         self.limits = limits
         self._codec = _Codec(limits.max_message)
@@ -232,8 +336,13 @@ class Client:
             if connection.streams < _STREAMS_PER_CONNECTION:
                 return connection
         # grpclib binds a channel to the loop it is created on: create them on first use.
-        channel = _Channel(
-            self._host, self._port, codec=self._codec, config=_configuration(self._keepalive)
+        channel = _open_channel(
+            self._host,
+            self._port,
+            credentials=self._credentials,
+            server_name=self._server_name,
+            codec=self._codec,
+            keepalive=self._keepalive,
         )
         connection = _Connection(channel)
         self._connections.append(connection)
@@ -255,7 +364,7 @@ class Client:
             await connection.channel.__connect__()
         except OSError as exc:
             connection.streams -= 1
-            raise Unreachable(f"cannot connect to worker {self.address}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
         )
@@ -264,7 +373,7 @@ class Client:
                 await _send(stream, request, self.limits, end=True)
                 response = await _receive(stream, Assembler(self.limits.max_payload))
         except _TRANSPORT_ERRORS as exc:
-            raise ConnectionLost(f"connection to worker {self.address} lost: {exc}") from exc
+            raise self.lost(connection, exc) from exc
         except GRPCError as exc:
             raise ProtocolError(
                 f"worker {self.address} failed the call without an answer: {exc.message}"
@@ -278,6 +387,22 @@ class Client:
         if response is None:
             raise ConnectionLost(f"worker {self.address} closed the call without an answer")
         return response
+
+    def _unreachable(self, exc: OSError) -> Exception:
+        refusal = _tls_refusal(self.address, exc)
+        if refusal is not None:
+            return refusal
+        return Unreachable(f"cannot connect to worker {self.address}: {exc}")
+
+    def lost(self, connection: _Connection, exc: BaseException, what: str = "lost") -> Exception:
+        """The error for a connection that failed: a SecurityError when TLS refused it."""
+        channel = connection.channel
+        refusal = _tls_refusal(self.address, exc) or _tls_refusal(self.address, channel.lost_reason)
+        if refusal is None and self._credentials is None:
+            refusal = _plaintext_refusal(self.address, channel)
+        if refusal is not None:
+            return refusal
+        return ConnectionLost(f"connection to worker {self.address} {what}: {exc}")
 
     def forget(self, call_id: str) -> None:
         """Drop what was kept to cancel ``call_id`` (its Cancel request will not be sent)."""
@@ -299,7 +424,7 @@ class Client:
             await connection.channel.__connect__()
         except OSError as exc:
             connection.streams -= 1
-            raise Unreachable(f"cannot connect to worker {self.address}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
         )
@@ -336,7 +461,7 @@ class Client:
                 await stream.send_message(request, end=True)
                 response = await stream.recv_message()
         except (*_TRANSPORT_ERRORS, GRPCError, TimeoutError) as exc:
-            raise ConnectionLost(f"worker {self.address} did not answer: {exc}") from exc
+            raise self.lost(connection, exc, "did not answer") from exc
         finally:
             connection.streams -= 1
         if response is None:
@@ -389,7 +514,7 @@ class CallStream:
     async def _failed(self, exc: BaseException) -> None:
         address = self._client.address
         if isinstance(exc, _TRANSPORT_ERRORS):
-            raise ConnectionLost(f"connection to worker {address} lost: {exc}") from exc
+            raise self._client.lost(self._connection, exc) from exc
         if isinstance(exc, GRPCError):
             raise ProtocolError(f"worker {address} failed the call: {exc.message}") from exc
         if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -516,21 +641,59 @@ class Server:
             config=_configuration(keepalive),
         )
         self.port = 0
+        self._host = ""
 
-    async def start(self, host: str, port: int) -> int:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    async def start(
+        self, host: str, port: int, credentials: WorkerCredentials | None = None
+    ) -> int:
+        """Listen on ``host:port`` (or the Unix socket ``unix:/path``; the port is then 0),
+        with TLS if ``credentials`` are given: a connection reaches the service only once
+        its handshake is done, its client certificate verified under mutual TLS."""
+        sock = _listening_socket(host, port)
         try:
-            sock.bind((host, port))
-        except OSError:
+            await self._server.start(sock=sock, ssl=_server_tls(credentials))
+        except BaseException:
             sock.close()
             raise
-        await self._server.start(sock=sock)
-        self.port = sock.getsockname()[1]
+        self._host = host
+        self.port = 0 if unix_path(host) is not None else sock.getsockname()[1]
         return self.port
 
     async def close(self) -> None:
         """Cancel what still runs and close every connection."""
-        with contextlib.suppress(RuntimeError):
-            self._server.close()
-        await self._server.wait_closed()
+        try:
+            with contextlib.suppress(RuntimeError):
+                self._server.close()
+            await self._server.wait_closed()
+        finally:
+            release_socket(self._host)
+
+
+def _server_tls(credentials: WorkerCredentials | None) -> ssl.SSLContext | None:
+    return None if credentials is None else credentials.server_context()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A bound socket for ``host:port``, or for ``unix:/path`` (mode 0600; a stale socket
+    left there by a killed worker of the same name is replaced)."""
+    path = unix_path(host)
+    if path is not None:
+        prepare_socket_directory(path)  # another pool may have just removed it
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            sock.bind(path)
+            os.chmod(path, 0o600)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import cloudpickle
 
 from wool.discovery import DiscoveryLike
+from wool.security import WorkerCredentials
 from wool.transport import DEFAULT_LIMITS, Limits
 
 __all__ = ["WorkerConfig", "read_config", "write_config"]
@@ -39,6 +40,10 @@ class WorkerConfig:
     # The pool's process: when it dies (stdin closes), the worker stops on its own.
     parent_pid: int | None = None
     limits: Limits = DEFAULT_LIMITS
+    # TLS for the worker's server and for its nested calls; None: plaintext.
+    credentials: WorkerCredentials | None = None
+    # Plaintext on a network address (as a server), and to remote workers (as a caller).
+    insecure: bool = False
 
 
 def write_config(config: WorkerConfig) -> bytes:
