@@ -193,19 +193,34 @@ def _tls_refusal(address: str, exc: BaseException | None) -> SecurityError | Non
             "--tls-key --tls-ca), or call it from a pool without credentials",
             worker=address,
         )
+    why = _ALERTS.get(reason, reason)
     return SecurityError(
-        f"worker {address} refused this caller's TLS connection ({reason}); under mutual "
+        f"worker {address} refused this caller's TLS connection: {why}; under mutual "
         "TLS the caller's certificate must be signed by the worker's CA and valid now",
         worker=address,
     )
 
 
+# What the alerts a worker sends when it refuses a caller's certificate mean.
+_ALERTS = {
+    "TLSV1_ALERT_UNKNOWN_CA": "its CA did not sign this caller's certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "this caller's certificate has expired",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "this caller presented no certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "this caller's certificate is not acceptable",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the handshake failed (no common TLS version or cipher)",
+}
+
+
 def _plaintext_refusal(address: str, channel: _Channel) -> SecurityError | None:
-    """The typed error when a caller without credentials reached a TLS worker."""
-    if channel.first_bytes is not None and channel.first_bytes[:2] in _TLS_RECORD_TYPES:
+    """The typed error when a caller without credentials reached a TLS worker: it answers
+    with a TLS record, or closes the connection without a word (a plaintext worker always
+    speaks first, with its HTTP/2 settings)."""
+    first = channel.first_bytes
+    if first is None or first[:2] in _TLS_RECORD_TYPES:
         return SecurityError(
-            f"worker {address} requires TLS but this caller has no credentials; give the "
-            "pool credentials=wool.WorkerCredentials(...) signed by the worker's CA",
+            f"worker {address} closed the connection without speaking HTTP/2: it requires "
+            "TLS and this caller has no credentials; give the pool "
+            "credentials=wool.WorkerCredentials(...) signed by the worker's CA",
             worker=address,
         )
     return None
@@ -227,7 +242,13 @@ class _Codec(CodecBase):
                 f"of {self._max_message} bytes here; give callers and workers the same "
                 "max_message_size"
             )
-        return decode_chunk(data, message_type) or message_type.parse(data)
+        try:
+            return decode_chunk(data, message_type) or message_type.parse(data)
+        except Exception as exc:  # betterproto2 raises whatever the bytes lead it to
+            raise ProtocolError(
+                f"the peer sent {len(data)} bytes that are no {message_type.__name__} "
+                f"message: {exc!r}"
+            ) from exc
 
 
 async def _send(
@@ -584,7 +605,8 @@ class _Handlers:
 
     async def _cancel(self, stream: grpclib.server.Stream[CancelRequest, CancelResponse]) -> None:
         request = await stream.recv_message()
-        assert request is not None
+        if request is None:
+            return
         await stream.send_message(CancelResponse(cancelled=await self._service.cancel(request.id)))
 
     async def _info(self, stream: grpclib.server.Stream[InfoRequest, WorkerInfo]) -> None:
@@ -593,7 +615,8 @@ class _Handlers:
 
     async def _stop(self, stream: grpclib.server.Stream[StopRequest, StopResponse]) -> None:
         request = await stream.recv_message()
-        assert request is not None
+        if request is None:
+            return
         await stream.send_message(StopResponse())
         await self._service.stop(request.grace)
 
@@ -670,7 +693,51 @@ class Server:
 
 
 def _server_tls(credentials: WorkerCredentials | None) -> ssl.SSLContext | None:
-    return None if credentials is None else credentials.server_context()
+    if credentials is None:
+        return None
+    context = credentials.server_context()
+    context.sslobject_class = _ReportedHandshake
+    return context
+
+
+class _ReportedHandshake(ssl.SSLObject):
+    """A server-side TLS session that logs why a handshake failed and tells the client.
+
+    asyncio drops a connection whose handshake failed without sending the alert OpenSSL
+    wrote for the client, which then sees only a closed connection. The first failure is
+    reported as "want to read", which makes asyncio send what is pending (the alert); the
+    next attempt raises it. Nothing of the connection reached the service either way.
+    """
+
+    _failure: ssl.SSLError | None = None
+
+    def do_handshake(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            self._failure = exc
+            log.warning("refused a connection: TLS handshake failed: %s", _reason(exc))
+            if exc.reason in _PLAINTEXT:
+                raise  # no TLS client to tell: drop the connection now
+            # A TLS client closes on the alert; one that does not is dropped by asyncio's
+            # handshake timeout.
+            raise ssl.SSLWantReadError("send the alert first") from exc
+
+
+# What OpenSSL says when the first bytes of a connection are no TLS record.
+_PLAINTEXT = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL")
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the caller's certificate: {exc.verify_message}"
+    if exc.reason in _PLAINTEXT:
+        return "the caller does not speak TLS (it has no credentials)"
+    return exc.reason or str(exc)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
