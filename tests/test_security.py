@@ -362,3 +362,18 @@ async def test_a_pool_refuses_plaintext_workers_on_the_network_unless_insecure()
     assert refusal(remote, None, True) is None
     loopback = wool.WorkerMetadata(id="w", host="127.0.0.1", port=5000)
     assert refusal(loopback, None, False) is None
+
+
+async def test_tls_name_lets_a_worker_use_a_certificate_for_a_name(
+    ca: trustme.CA, tmp_path: Path, namespace: str
+) -> None:
+    # A certificate for a Service's DNS name, not for the address the worker listens on.
+    options = write(credentials(ca, "workers.wool.test"), tmp_path / "worker")
+    worker = start_worker(
+        "--namespace", namespace, "--host", "127.0.0.1", "--tls-name", "workers.wool.test", *options
+    )
+    try:
+        worker.wait_for("serving at")
+        await _still_serves(namespace, credentials(ca, "caller"), worker.pid)
+    finally:
+        assert worker.stop() == 0

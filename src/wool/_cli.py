@@ -80,7 +80,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_LIMITS.max_payload,
         help="bytes one pickled argument tuple, result or item may take (default 1 GiB)",
     )
-    _tls_options(worker)
+    tls = _tls_options(worker)
+    tls.add_argument(
+        "--tls-name",
+        metavar="NAME",
+        help="the name callers check in this worker's certificate, published with its "
+        "address (default: the address itself), e.g. a Kubernetes Service's DNS name",
+    )
     worker.add_argument(
         "--insecure",
         action="store_true",
@@ -100,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tls_options(parser: argparse.ArgumentParser) -> None:
+def _tls_options(parser: argparse.ArgumentParser) -> Any:
     tls = parser.add_argument_group(
         "TLS", "all three files, PEM: the worker requires TLS (mutual unless --no-mutual)"
     )
@@ -113,6 +119,7 @@ def _tls_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="one-way TLS: accept callers without a certificate (callers still verify workers)",
     )
+    return tls
 
 
 def _credentials(args: argparse.Namespace) -> WorkerCredentials | None:
@@ -218,6 +225,7 @@ def _worker(args: argparse.Namespace) -> int:
         limits=Limits(max_message=args.max_message_size, max_payload=args.max_payload_size),
         credentials=credentials,
         insecure=args.insecure,
+        tls_name=args.tls_name,
     )
     log.info(
         "starting worker %s (%s discovery, namespace %r)", config.id, args.discovery, args.namespace
@@ -253,7 +261,12 @@ async def _verify(
     portal = portal_for_host()
     try:
         for worker in workers:
-            client = Client(worker.host, worker.port, credentials=credentials)
+            client = Client(
+                worker.host,
+                worker.port,
+                credentials=credentials,
+                server_name=dict(worker.options).get("tls-name"),
+            )
             try:
                 await portal.run(client.info, 3.0)
                 status[worker.id] = "verified"

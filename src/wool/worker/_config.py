@@ -44,6 +44,8 @@ class WorkerConfig:
     credentials: WorkerCredentials | None = None
     # Plaintext on a network address (as a server), and to remote workers (as a caller).
     insecure: bool = False
+    # The name callers check in this worker's certificate instead of its address.
+    tls_name: str | None = None
 
 
 def write_config(config: WorkerConfig) -> bytes:

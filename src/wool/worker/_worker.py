@@ -73,7 +73,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         version=wool_version(),
         backend=config.backend,
         secure=config.credentials is not None,
-        options=(("keepalive", str(config.keepalive)),) if config.keepalive else (),
+        options=_options(config),
     )
     service.metadata = metadata
     try:
@@ -119,6 +119,16 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         with anyio.CancelScope(shield=True):
             await portal.run(server.close)
     log.info("worker %s stopped", config.id)
+
+
+def _options(config: WorkerConfig) -> tuple[tuple[str, str], ...]:
+    """Transport settings published for callers."""
+    options: list[tuple[str, str]] = []
+    if config.keepalive:
+        options.append(("keepalive", str(config.keepalive)))
+    if config.tls_name:
+        options.append(("tls-name", config.tls_name))
+    return tuple(options)
 
 
 def _check_exposure(config: WorkerConfig) -> None:
