@@ -180,7 +180,7 @@ def _default_host(args: argparse.Namespace, worker_id: str) -> str:
     if args.discovery == "lan":
         return "0.0.0.0"
     # Local discovery is this user's alone: a socket only this user can reach matches it.
-    return "127.0.0.1" if args.port else private_socket_path(worker_id)
+    return "127.0.0.1" if args.port else private_socket_path(worker_id.rsplit("-", 1)[-1])
 
 
 def _is_ip(text: str) -> bool:

@@ -80,7 +80,7 @@ class WorkerPool:
             this process loads: only for networks where every host is trusted.
 
     Spawned workers listen on Unix sockets in a directory only this user can enter
-    (``<tmp>/wool-<uid>/sockets``, mode 0700): other users of the host cannot reach them.
+    (``<tmp>/wool-<uid>/s``, mode 0700): other users of the host cannot reach them.
 
     Calls to a worker the pool refuses (a TLS mismatch, a failed TLS handshake) go to the
     other workers; when none is left, they raise ``SecurityError`` saying what to change.
@@ -246,7 +246,7 @@ class WorkerPool:
         self._spawned += 1
         worker_id = f"{self._discovery.namespace}-{self._spawned - 1}"
         process = WorkerProcess(
-            replace(self._config, id=worker_id, host=private_socket_path(worker_id))
+            replace(self._config, id=worker_id, host=private_socket_path(uuid.uuid4().hex[:12]))
         )
         self._processes.append(process)  # before it starts: closing must stop it
         return process

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -23,8 +24,8 @@ __all__ = [
 #: How a worker's address is written when it is a Unix domain socket: ``unix:/path``.
 UNIX_PREFIX = "unix:"
 
-# sun_path holds 108 bytes on Linux, 104 on macOS.
-_MAX_SOCKET_PATH = 100
+# sun_path holds 108 bytes on Linux, 104 on macOS, the terminating NUL included.
+_MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
 
 Exposure = Literal["private", "loopback", "network"]
 
@@ -50,9 +51,19 @@ def exposure(host: str) -> Exposure:
         return "network"  # a name: it may resolve to anything
 
 
-def _runtime_directory() -> Path:
-    # The directory LocalDiscovery keeps its entries in: per user, mode 0700.
-    return Path(tempfile.gettempdir()) / f"wool-{os.getuid()}"
+def _runtime_directories() -> list[Path]:
+    # The directory LocalDiscovery keeps its entries in (per user, mode 0700), and one in
+    # /tmp for when TMPDIR is too long a path for a socket.
+    name = f"wool-{os.getuid()}"
+    return [Path(tempfile.gettempdir()) / name, Path("/tmp") / name]
+
+
+def _in_runtime_directory(socket_path: str) -> bool:
+    directory = Path(socket_path).parent
+    return directory.name == _SOCKETS and directory.parent.name == f"wool-{os.getuid()}"
+
+
+_SOCKETS = "s"
 
 
 def _owned_privately(path: Path) -> bool:
@@ -68,11 +79,10 @@ def prepare_socket_directory(socket_path: str) -> None:
         SecurityError: a directory exists but another user owns it, or others may enter
             it (someone could then reach or impersonate the workers in it).
     """
-    root = _runtime_directory()
-    directory = Path(socket_path).parent
-    if directory.parent != root:
+    if not _in_runtime_directory(socket_path):
         return  # a socket the user placed: its directory is the user's to guard
-    for path in (root, directory):
+    directory = Path(socket_path).parent
+    for path in (directory.parent, directory):
         path.mkdir(mode=0o700, exist_ok=True)
         if not _owned_privately(path):
             raise SecurityError(
@@ -89,8 +99,8 @@ def release_socket(host: str) -> None:
         return
     with contextlib.suppress(OSError):
         os.unlink(path)
-    directory = Path(path).parent
-    if directory.parent == _runtime_directory():
+    if _in_runtime_directory(path):
+        directory = Path(path).parent
         for empty in (directory, directory.parent):
             try:
                 empty.rmdir()
@@ -100,16 +110,19 @@ def release_socket(host: str) -> None:
 
 def private_socket_path(name: str) -> str:
     """A path for a Unix socket named ``name`` in a directory only this user can enter
-    (``<tmp>/wool-<uid>/sockets``, mode 0700), written as ``unix:/path``.
+    (``<tmp>/wool-<uid>/s``, mode 0700; ``/tmp/wool-<uid>/s`` if that path is too long
+    for a socket), written as ``unix:/path``. The directories are created.
 
     Raises:
-        SecurityError: the directory is not this user's alone, or the path is too long.
+        SecurityError: the directory is not this user's alone, or no path is short enough.
     """
-    socket_path = str(_runtime_directory() / "sockets" / f"{name}.sock")
-    prepare_socket_directory(socket_path)
-    if len(socket_path.encode()) > _MAX_SOCKET_PATH:
-        raise SecurityError(
-            f"the socket path {socket_path!r} is too long for a Unix socket; "
-            "set TMPDIR to a shorter directory"
-        )
-    return UNIX_PREFIX + socket_path
+    socket_path = ""
+    for root in _runtime_directories():
+        socket_path = str(root / _SOCKETS / name)
+        if len(os.fsencode(socket_path)) <= _MAX_SOCKET_PATH:
+            prepare_socket_directory(socket_path)
+            return UNIX_PREFIX + socket_path
+    raise SecurityError(
+        f"the socket path {socket_path!r} is too long for a Unix socket; "
+        "set TMPDIR to a shorter directory"
+    )

@@ -7,6 +7,7 @@ coroutine here runs on grpclib's asyncio loop; hosts reach them through a Portal
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -692,6 +693,20 @@ class Server:
             release_socket(self._host)
 
 
+def _remove_stale_socket(path: str) -> None:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: left by a worker that was killed
+    except FileNotFoundError:
+        pass
+    else:
+        raise OSError(errno.EADDRINUSE, f"a worker already listens on {path}")
+    finally:
+        probe.close()
+
+
 def _server_tls(credentials: WorkerCredentials | None) -> ssl.SSLContext | None:
     if credentials is None:
         return None
@@ -742,14 +757,13 @@ def _reason(exc: ssl.SSLError) -> str:
 
 def _listening_socket(host: str, port: int) -> socket.socket:
     """A bound socket for ``host:port``, or for ``unix:/path`` (mode 0600; a stale socket
-    left there by a killed worker of the same name is replaced)."""
+    left there by a killed worker is replaced, a live one is not)."""
     path = unix_path(host)
     if path is not None:
         prepare_socket_directory(path)  # another pool may have just removed it
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            _remove_stale_socket(path)
             sock.bind(path)
             os.chmod(path, 0o600)
         except OSError:
