@@ -7,12 +7,8 @@ coroutine here runs on grpclib's asyncio loop; hosts reach them through a Portal
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
-import os
-import socket
-import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -30,14 +26,10 @@ from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
 
-from wool._errors import ProtocolError, SecurityError
-from wool.security import (
-    WorkerCredentials,
-    prepare_socket_directory,
-    release_socket,
-    unix_path,
-)
-from wool.transport._bridge import CoalescingTransport, ConnectionLost, Unreachable
+from wool._errors import ProtocolError
+from wool.security import WorkerCredentials, release_socket, unix_path
+from wool.transport._bridge import CoalescingTransport, ConnectionLost
+from wool.transport._edges import ConnectionWatch, connect_error, listening_socket, server_tls
 from wool.transport._framing import (
     DEFAULT_LIMITS,
     Assembler,
@@ -118,34 +110,12 @@ def _tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
 
 
 class _Channel(grpclib.client.Channel):
-    """A channel that remembers why its connection ended and what the peer sent first:
-    a TLS failure after the handshake (the worker refusing our certificate) arrives only
-    as the cause of a lost connection."""
-
-    lost_reason: BaseException | None = None
-    first_bytes: bytes | None = None
+    watch: ConnectionWatch
 
     def _protocol_factory(self) -> H2Protocol:
-        protocol = _tuned(super()._protocol_factory(), {})
-        connection_lost = protocol.connection_lost
-        data_received = protocol.data_received
+        self.watch = ConnectionWatch()
+        return self.watch.attach(_tuned(super()._protocol_factory(), {}))
 
-        def lost(exc: Exception | None) -> None:
-            self.lost_reason = exc
-            connection_lost(exc)
-
-        def first_data(data: bytes) -> None:
-            self.first_bytes = bytes(data[:8])
-            protocol.data_received = data_received  # type: ignore[method-assign]
-            data_received(data)
-
-        protocol.connection_lost = lost  # type: ignore[method-assign]
-        protocol.data_received = first_data  # type: ignore[method-assign]
-        return protocol
-
-
-# A server that speaks TLS answers a plaintext HTTP/2 preface with a TLS record.
-_TLS_RECORD_TYPES = (b"\x15\x03", b"\x16\x03")
 
 # Name checked in a worker's certificate when connecting over a Unix socket: none is
 # (the socket's 0700 directory already says who listens); the chain is still verified.
@@ -173,58 +143,6 @@ def _open_channel(
     if path is not None:
         return _Channel(path=path, ssl=tls, codec=codec, config=config)
     return _Channel(host, port, ssl=tls, codec=codec, config=config)
-
-
-def _tls_refusal(address: str, exc: BaseException | None) -> SecurityError | None:
-    """The typed error for a TLS failure in ``exc`` (None if it is no TLS failure)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return SecurityError(
-            f"this caller refused the certificate of worker {address}: {exc.verify_message}; "
-            "the worker's certificate must be signed by the pool's CA, be valid now, and "
-            "name the address the caller connects to",
-            worker=address,
-        )
-    if not isinstance(exc, ssl.SSLError):
-        return None
-    reason = exc.reason or str(exc)
-    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
-        return SecurityError(
-            f"worker {address} does not speak TLS ({reason}) but this caller has "
-            "credentials; start the worker with credentials (wool worker --tls-cert "
-            "--tls-key --tls-ca), or call it from a pool without credentials",
-            worker=address,
-        )
-    why = _ALERTS.get(reason, reason)
-    return SecurityError(
-        f"worker {address} refused this caller's TLS connection: {why}; under mutual "
-        "TLS the caller's certificate must be signed by the worker's CA and valid now",
-        worker=address,
-    )
-
-
-# What the alerts a worker sends when it refuses a caller's certificate mean.
-_ALERTS = {
-    "TLSV1_ALERT_UNKNOWN_CA": "its CA did not sign this caller's certificate",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "this caller's certificate has expired",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "this caller presented no certificate",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "this caller's certificate is not acceptable",
-    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the handshake failed (no common TLS version or cipher)",
-}
-
-
-def _plaintext_refusal(address: str, channel: _Channel) -> SecurityError | None:
-    """The typed error when a caller without credentials reached a TLS worker: it answers
-    with a TLS record, or closes the connection without a word (a plaintext worker always
-    speaks first, with its HTTP/2 settings)."""
-    first = channel.first_bytes
-    if first is None or first[:2] in _TLS_RECORD_TYPES:
-        return SecurityError(
-            f"worker {address} closed the connection without speaking HTTP/2: it requires "
-            "TLS and this caller has no credentials; give the pool "
-            "credentials=wool.WorkerCredentials(...) signed by the worker's CA",
-            worker=address,
-        )
-    return None
 
 
 class _Codec(CodecBase):
@@ -386,7 +304,7 @@ class Client:
             await connection.channel.__connect__()
         except OSError as exc:
             connection.streams -= 1
-            raise self._unreachable(exc) from exc
+            raise connect_error(self.address, exc) from exc
         stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
         )
@@ -410,21 +328,11 @@ class Client:
             raise ConnectionLost(f"worker {self.address} closed the call without an answer")
         return response
 
-    def _unreachable(self, exc: OSError) -> Exception:
-        refusal = _tls_refusal(self.address, exc)
-        if refusal is not None:
-            return refusal
-        return Unreachable(f"cannot connect to worker {self.address}: {exc}")
-
     def lost(self, connection: _Connection, exc: BaseException, what: str = "lost") -> Exception:
         """The error for a connection that failed: a SecurityError when TLS refused it."""
-        channel = connection.channel
-        refusal = _tls_refusal(self.address, exc) or _tls_refusal(self.address, channel.lost_reason)
-        if refusal is None and self._credentials is None:
-            refusal = _plaintext_refusal(self.address, channel)
-        if refusal is not None:
-            return refusal
-        return ConnectionLost(f"connection to worker {self.address} {what}: {exc}")
+        watch = getattr(connection.channel, "watch", None) or ConnectionWatch()
+        refusal = watch.refusal(self.address, exc, secure=self._credentials is not None)
+        return refusal or ConnectionLost(f"connection to worker {self.address} {what}: {exc}")
 
     def forget(self, call_id: str) -> None:
         """Drop what was kept to cancel ``call_id`` (its Cancel request will not be sent)."""
@@ -446,7 +354,7 @@ class Client:
             await connection.channel.__connect__()
         except OSError as exc:
             connection.streams -= 1
-            raise self._unreachable(exc) from exc
+            raise connect_error(self.address, exc) from exc
         stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
         )
@@ -673,9 +581,9 @@ class Server:
         """Listen on ``host:port`` (or the Unix socket ``unix:/path``; the port is then 0),
         with TLS if ``credentials`` are given: a connection reaches the service only once
         its handshake is done, its client certificate verified under mutual TLS."""
-        sock = _listening_socket(host, port)
+        sock = listening_socket(host, port)
         try:
-            await self._server.start(sock=sock, ssl=_server_tls(credentials))
+            await self._server.start(sock=sock, ssl=server_tls(credentials))
         except BaseException:
             sock.close()
             raise
@@ -691,90 +599,3 @@ class Server:
             await self._server.wait_closed()
         finally:
             release_socket(self._host)
-
-
-def _remove_stale_socket(path: str) -> None:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: left by a worker that was killed
-    except FileNotFoundError:
-        pass
-    else:
-        raise OSError(errno.EADDRINUSE, f"a worker already listens on {path}")
-    finally:
-        probe.close()
-
-
-def _server_tls(credentials: WorkerCredentials | None) -> ssl.SSLContext | None:
-    if credentials is None:
-        return None
-    context = credentials.server_context()
-    context.sslobject_class = _ReportedHandshake
-    return context
-
-
-class _ReportedHandshake(ssl.SSLObject):
-    """A server-side TLS session that logs why a handshake failed and tells the client.
-
-    asyncio drops a connection whose handshake failed without sending the alert OpenSSL
-    wrote for the client, which then sees only a closed connection. The first failure is
-    reported as "want to read", which makes asyncio send what is pending (the alert); the
-    next attempt raises it. Nothing of the connection reached the service either way.
-    """
-
-    _failure: ssl.SSLError | None = None
-
-    def do_handshake(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        try:
-            super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except ssl.SSLError as exc:
-            self._failure = exc
-            log.warning("refused a connection: TLS handshake failed: %s", _reason(exc))
-            if exc.reason in _PLAINTEXT:
-                raise  # no TLS client to tell: drop the connection now
-            # A TLS client closes on the alert; one that does not is dropped by asyncio's
-            # handshake timeout.
-            raise ssl.SSLWantReadError("send the alert first") from exc
-
-
-# What OpenSSL says when the first bytes of a connection are no TLS record.
-_PLAINTEXT = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL")
-
-
-def _reason(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"the caller's certificate: {exc.verify_message}"
-    if exc.reason in _PLAINTEXT:
-        return "the caller does not speak TLS (it has no credentials)"
-    return exc.reason or str(exc)
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """A bound socket for ``host:port``, or for ``unix:/path`` (mode 0600; a stale socket
-    left there by a killed worker is replaced, a live one is not)."""
-    path = unix_path(host)
-    if path is not None:
-        prepare_socket_directory(path)  # another pool may have just removed it
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            _remove_stale_socket(path)
-            sock.bind(path)
-            os.chmod(path, 0o600)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
