@@ -92,20 +92,19 @@ def prepare_socket_directory(socket_path: str) -> None:
 
 
 def release_socket(host: str) -> None:
-    """Remove the socket ``unix:/path`` names, and its directories once they are empty
-    (as LocalDiscovery does with its own)."""
+    """Remove the socket ``unix:/path`` names if it is in wool's runtime directory, and
+    the directories once they are empty (as LocalDiscovery does with its own)."""
     path = unix_path(host)
-    if path is None:
+    if path is None or not _in_runtime_directory(path):
         return
     with contextlib.suppress(OSError):
         os.unlink(path)
-    if _in_runtime_directory(path):
-        directory = Path(path).parent
-        for empty in (directory, directory.parent):
-            try:
-                empty.rmdir()
-            except OSError:
-                return
+    directory = Path(path).parent
+    for empty in (directory, directory.parent):
+        try:
+            empty.rmdir()
+        except OSError:
+            return
 
 
 def private_socket_path(name: str) -> str:

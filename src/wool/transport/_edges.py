@@ -3,6 +3,7 @@ context, and the typed errors for refused handshakes (runs on grpclib's loop).""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -11,14 +12,16 @@ import ssl
 from typing import Any
 
 from wool._errors import SecurityError
-from wool.security import WorkerCredentials, prepare_socket_directory, unix_path
+from wool.security import WorkerCredentials, prepare_socket_directory, release_socket, unix_path
 from wool.transport._bridge import Unreachable
 
 __all__ = [
     "ConnectionWatch",
+    "client_tls",
     "connect_error",
     "listening_socket",
     "plaintext_refusal",
+    "remove_socket",
     "server_tls",
     "tls_refusal",
 ]
@@ -62,6 +65,23 @@ class ConnectionWatch:
         if refusal is None and not secure:
             refusal = plaintext_refusal(address, self.first_bytes)
         return refusal
+
+
+# Name checked in a worker's certificate when connecting over a Unix socket: none is
+# (the socket's 0700 directory already says who listens); the chain is still verified.
+_UNIX_SERVER_NAME = "wool-worker"
+
+
+def client_tls(
+    host: str, credentials: WorkerCredentials | None, server_name: str | None
+) -> tuple[ssl.SSLContext | None, str | None]:
+    """The context a caller connects to ``host`` with (None: plaintext), and the name the
+    worker's certificate must carry (None: ``host`` itself)."""
+    if credentials is None:
+        return None, None
+    if unix_path(host) is not None:
+        return credentials.client_context(check_hostname=False), _UNIX_SERVER_NAME
+    return credentials.client_context(), server_name
 
 
 def connect_error(address: str, exc: OSError) -> Exception:
@@ -207,3 +227,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def remove_socket(host: str) -> None:
+    """Remove a closed server's Unix socket (and wool's directories once empty)."""
+    path = unix_path(host)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        release_socket(host)

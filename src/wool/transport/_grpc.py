@@ -27,9 +27,16 @@ from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
 
 from wool._errors import ProtocolError
-from wool.security import WorkerCredentials, release_socket, unix_path
+from wool.security import WorkerCredentials, unix_path
 from wool.transport._bridge import CoalescingTransport, ConnectionLost
-from wool.transport._edges import ConnectionWatch, connect_error, listening_socket, server_tls
+from wool.transport._edges import (
+    ConnectionWatch,
+    client_tls,
+    connect_error,
+    listening_socket,
+    remove_socket,
+    server_tls,
+)
 from wool.transport._framing import (
     DEFAULT_LIMITS,
     Assembler,
@@ -117,11 +124,6 @@ class _Channel(grpclib.client.Channel):
         return self.watch.attach(_tuned(super()._protocol_factory(), {}))
 
 
-# Name checked in a worker's certificate when connecting over a Unix socket: none is
-# (the socket's 0700 directory already says who listens); the chain is still verified.
-_UNIX_SERVER_NAME = "wool-worker"
-
-
 def _open_channel(
     host: str,
     port: int,
@@ -134,12 +136,8 @@ def _open_channel(
     """A channel to a worker at ``host:port`` or ``unix:/path``, over TLS with
     ``credentials``; the worker's certificate must name ``server_name`` (default: host)."""
     path = unix_path(host)
-    tls = None
-    if credentials is not None:
-        tls = credentials.client_context(check_hostname=path is None)
-        if path is not None:
-            server_name = _UNIX_SERVER_NAME
-    config = _configuration(keepalive, server_name=server_name if tls else None)
+    tls, server_name = client_tls(host, credentials, server_name)
+    config = _configuration(keepalive, server_name=server_name)
     if path is not None:
         return _Channel(path=path, ssl=tls, codec=codec, config=config)
     return _Channel(host, port, ssl=tls, codec=codec, config=config)
@@ -598,4 +596,4 @@ class Server:
                 self._server.close()
             await self._server.wait_closed()
         finally:
-            release_socket(self._host)
+            remove_socket(self._host)
