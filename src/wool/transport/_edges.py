@@ -40,15 +40,22 @@ class ConnectionWatch:
     def __init__(self) -> None:
         self.lost_reason: BaseException | None = None
         self.first_bytes: bytes | None = None
+        self.peer_closed = False
 
     def attach(self, protocol: Any) -> Any:
         """Watch ``protocol`` (an asyncio protocol); returns it."""
         connection_lost = protocol.connection_lost
         data_received = protocol.data_received
+        eof_received = protocol.eof_received
 
         def lost(exc: Exception | None) -> None:
             self.lost_reason = exc
+            self.peer_closed |= isinstance(exc, ConnectionResetError)
             connection_lost(exc)
+
+        def eof() -> bool | None:
+            self.peer_closed = True
+            return eof_received()
 
         def first_data(data: bytes) -> None:
             self.first_bytes = bytes(data[:8])
@@ -57,12 +64,14 @@ class ConnectionWatch:
 
         protocol.connection_lost = lost
         protocol.data_received = first_data
+        protocol.eof_received = eof
         return protocol
 
     def refusal(self, address: str, exc: BaseException, *, secure: bool) -> SecurityError | None:
         """The typed error if TLS (or its absence) ended the connection, else None."""
         refusal = tls_refusal(address, exc) or tls_refusal(address, self.lost_reason)
-        if refusal is None and not secure:
+        if refusal is None and not secure and self.peer_closed:
+            # Not when we gave up on a silent peer (a hung worker, a keepalive timeout).
             refusal = plaintext_refusal(address, self.first_bytes)
         return refusal
 
