@@ -377,3 +377,21 @@ async def test_tls_name_lets_a_worker_use_a_certificate_for_a_name(
         await _still_serves(namespace, credentials(ca, "caller"), worker.pid)
     finally:
         assert worker.stop() == 0
+
+
+async def test_one_way_tls_accepts_callers_without_certificates(
+    ca: trustme.CA, tmp_path: Path, namespace: str
+) -> None:
+    options = write(credentials(ca, "127.0.0.1", mutual=False), tmp_path / "worker")
+    assert "--no-mutual" in options
+    worker = start_worker("--namespace", namespace, "--host", "127.0.0.1", *options)
+    try:
+        worker.wait_for("serving at")
+        good = credentials(ca, "caller", mutual=False)
+        # The caller still verifies the worker; the worker asks for no certificate.
+        bare = _NoClientCertificate(good.ca, good.key, good.cert, mutual=False)
+        await _still_serves(namespace, bare, worker.pid)
+        error = await _refusal(namespace, None)
+        assert "requires TLS" in str(error)
+    finally:
+        assert worker.stop() == 0
