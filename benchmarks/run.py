@@ -61,6 +61,11 @@ Two more phases, on a fresh ``wool.WorkerPool(size=2)`` each, measure bulk data:
   receives whole into a new buffer too, as any RPC's ends must. ``mb_per_s_ratio`` is
   ``wool / floor`` (1.0 is the floor, lower is slower).
 
+The ``tls`` section measures a plaintext pool and a mutual-TLS pool (``WorkerCredentials``
+from a throwaway trustme CA; asyncio caller) alternately in the same run: latency and
+throughput of each, ``latency_median_ratio`` (``mtls / plaintext``; the target is at most
+1.5) and ``met``.
+
 The targets (``targets``, ``targets_met``) are the issue's absolute ones. They were set on a
 machine whose loopback round trip was about 0.1 ms, so ``targets_relative`` restates the
 latency target as a ratio to this run's floor (1 ms / 0.1 ms = 10; trio 1.5x that);
@@ -301,6 +306,62 @@ async def _wool_trio(args: argparse.Namespace) -> dict[str, float]:
             await _concurrent_trio(_wool_call, args.warmup)
             throughput = await _concurrent_trio(_wool_call, args.concurrent)
     return _figures(samples, throughput, started)
+
+
+# ---------------------------------------------------------------------------- TLS
+
+# TLS latency, as a ratio to plaintext in the same run (issue 12).
+TLS_LATENCY_RATIO_MAX = 1.5
+
+
+def _test_credentials() -> wool.WorkerCredentials:
+    import trustme  # a dev dependency: certificates made for this run only
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("wool-worker")
+    return wool.WorkerCredentials(
+        ca.cert_pem.bytes(),
+        leaf.private_key_pem.bytes(),
+        b"".join(blob.bytes() for blob in leaf.cert_chain_pems),
+    )
+
+
+async def _pool_figures(
+    args: argparse.Namespace, credentials: wool.WorkerCredentials | None
+) -> tuple[list[float], float]:
+    async with asyncio.timeout(args.timeout):
+        async with wool.WorkerPool(size=POOL_SIZE, credentials=credentials):
+            await _sequential(_wool_call, args.warmup)
+            samples = await _sequential(_wool_call, args.calls)
+            await _concurrent_asyncio(_wool_call, args.warmup)
+            throughput = await _concurrent_asyncio(_wool_call, args.concurrent)
+    return samples, throughput
+
+
+async def _tls(args: argparse.Namespace) -> dict[str, Any]:
+    """A plaintext pool and an mTLS pool (asyncio caller), alternated so that drift of a
+    shared machine affects both alike; latency over all samples, the best throughput."""
+    credentials = _test_credentials()
+    samples: dict[str, list[float]] = {"plaintext": [], "mtls": []}
+    throughput: dict[str, float] = {"plaintext": 0.0, "mtls": 0.0}
+    for _ in range(1 if args.quick else 2):
+        for name, creds in (("plaintext", None), ("mtls", credentials)):
+            got, calls_per_s = await _pool_figures(args, creds)
+            samples[name] += got
+            throughput[name] = max(throughput[name], calls_per_s)
+    report: dict[str, Any] = {
+        name: {
+            **_latency_stats(samples[name]),
+            "throughput_calls_per_s": round(throughput[name], 1),
+        }
+        for name in samples
+    }
+    ratio = _ratio(report["mtls"]["latency_median_ms"], report["plaintext"]["latency_median_ms"])
+    report["latency_median_ratio"] = ratio
+    report["throughput_ratio"] = _ratio(throughput["mtls"], throughput["plaintext"])
+    report["latency_median_ratio_max"] = TLS_LATENCY_RATIO_MAX
+    report["met"] = ratio <= TLS_LATENCY_RATIO_MAX
+    return report
 
 
 # ---------------------------------------------------------------------------- floor
@@ -1473,6 +1534,15 @@ def main(argv: list[str] | None = None) -> None:
     echo_figures = _measure_echo(args)
     for name, figures in echo_figures.items():
         _log(_echo_summary(name, figures))
+    _log(f"plaintext pool vs mutual-TLS pool (asyncio caller, pool of {POOL_SIZE})")
+    tls = asyncio.run(_tls(args))
+    for name in ("plaintext", "mtls"):
+        _log(_summary(f"tls: {name}", tls[name]))
+    _log(
+        f"tls: mTLS latency {tls['latency_median_ratio']:.2f}x plaintext "
+        f"({'met' if tls['met'] else 'NOT met'}: at most {TLS_LATENCY_RATIO_MAX}x), "
+        f"throughput {tls['throughput_ratio']:.2f}x"
+    )
     report = _report(
         args,
         floor,
@@ -1494,6 +1564,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{k} {v:.2f}x ({'met' if met[k] else 'NOT met'})" for k, v in speedup.items()
             )
         )
+    report["tls"] = tls
     print(json.dumps(report), flush=True)
 
 

@@ -61,6 +61,21 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
     assert sections | {"targets_relative", "targets_relative_met"} <= set(report)
     assert report["quick"] is True
 
+    # TLS: a plaintext and an mTLS pool measured in the same run, and their ratio.
+    tls = dict(report["tls"])
+    assert tls.pop("latency_median_ratio_max") == 1.5
+    assert isinstance(tls.pop("met"), bool)
+    for name in ("plaintext", "mtls"):
+        section = tls.pop(name)
+        assert {"latency_median_ms", "latency_p99_ms", "throughput_calls_per_s"} <= set(section)
+        _positive_numbers(section, f"tls.{name}")
+    _positive_numbers(tls, "tls")
+    assert report["tls"]["latency_median_ratio"] == pytest.approx(
+        report["tls"]["mtls"]["latency_median_ms"]
+        / report["tls"]["plaintext"]["latency_median_ms"],
+        abs=1e-3,
+    )
+
     floor = report["floor"]
     assert {
         "latency_median_ms",

@@ -331,7 +331,7 @@ def test_wool_worker_reports_a_port_in_use() -> None:
         (["worker", "--bogus"], "unrecognized arguments: --bogus"),
         (["worker", "--discovery", "carrier-pigeon"], "invalid choice"),
         (["worker", "--concurrency", "0"], "must be at least 1"),
-        (["worker", "--tls-cert", "x.pem"], "TLS is not supported yet"),
+        (["worker", "--tls-cert", "x.pem"], "TLS needs all of --tls-cert, --tls-key and --tls-ca"),
         ([], "required: COMMAND"),
     ],
 )

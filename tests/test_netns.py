@@ -74,7 +74,8 @@ async def where():
 
 async def main():
     discovery = wool.LanDiscovery(NAMESPACE)
-    async with wool.WorkerPool(discovery=discovery, start_timeout=10) as pool:
+    # A trusted test network: plaintext workers on it are accepted only when told so.
+    async with wool.WorkerPool(discovery=discovery, start_timeout=10, insecure=True) as pool:
         pid, netns, library = await where()
         print("called", pid, netns, library, flush=True)
         with anyio.fail_after(15):
@@ -120,10 +121,12 @@ def test_lan_discovery_across_two_hosts(
         worker_host,
         "--backend",
         backend,
+        "--insecure",
         "--log-level",
         "INFO",
     )
     host, port, worker_backend, pid = serving(worker)
+    assert "WITHOUT TLS (--insecure)" in worker.stderr()
     assert (host, worker_backend, pid) == (worker_host, backend, worker.pid)
 
     script = tmp_path / "lan_pool.py"
@@ -265,3 +268,134 @@ def test_dns_discovery_follows_the_name(lab: Lab, tmp_path: Path) -> None:
     assert workers["127.0.0.3"].wait(20) == 0, lab.describe()
     # The survivor removed the dead worker's entry and its own: nothing is left behind.
     assert not list((tmp_path / "tmp").rglob("*")), list((tmp_path / "tmp").rglob("*"))
+
+
+# ----------------------------------------------------------------------------------- TLS
+
+TLS_POOL = """
+import logging
+import os
+import sys
+
+import anyio
+
+import wool
+
+NAMESPACE, BACKEND, CERTS = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+@wool.routine
+async def where():
+    return os.getpid(), os.stat("/proc/self/ns/net").st_ino
+
+
+async def main():
+    discovery = wool.LanDiscovery(NAMESPACE)
+    try:
+        async with wool.WorkerPool(discovery=discovery, start_timeout=10):
+            await where()
+    except wool.SecurityError as exc:
+        print("plaintext pool refused:", exc, flush=True)
+    credentials = wool.WorkerCredentials.from_files(
+        f"{CERTS}/ca.pem", f"{CERTS}/key.pem", f"{CERTS}/cert.pem"
+    )
+    async with wool.WorkerPool(discovery=discovery, credentials=credentials, start_timeout=10):
+        pid, netns = await where()
+        print("called", pid, netns, flush=True)
+
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+anyio.run(main, backend=BACKEND)
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_mtls_worker_on_a_network_address(lab: Lab, tmp_path: Path, backend: str) -> None:
+    import trustme
+
+    a, b = lab.namespace("a"), lab.namespace("b")
+    _, worker_host = lab.link(a, b, f"10.202.{random.randint(1, 254)}")
+    namespace = f"netns-{lab.prefix}"
+    ca = trustme.CA()
+    for side, identity in (("worker", worker_host), ("caller", "caller.wool.test")):
+        leaf = ca.issue_cert(identity)
+        directory = tmp_path / side
+        directory.mkdir()
+        (directory / "ca.pem").write_bytes(ca.cert_pem.bytes())
+        (directory / "key.pem").write_bytes(leaf.private_key_pem.bytes())
+        (directory / "cert.pem").write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    tls = [f"--tls-{name}={tmp_path / 'worker' / f'{name}.pem'}" for name in ("ca", "key", "cert")]
+    worker = lab.start(
+        b,
+        "worker",
+        WOOL,
+        "worker",
+        "--discovery",
+        "lan",
+        "--namespace",
+        namespace,
+        "--host",
+        worker_host,
+        "--backend",
+        backend,
+        *tls,
+        "--log-level",
+        "INFO",
+    )
+    host, port, _, _ = serving(worker)
+    assert host == worker_host
+
+    caller_tls = [
+        f"--tls-{name}={tmp_path / 'caller' / f'{name}.pem'}" for name in ("ca", "key", "cert")
+    ]
+    listing = lab.start(
+        a,
+        "workers",
+        WOOL,
+        "workers",
+        "--discovery",
+        "lan",
+        "--namespace",
+        namespace,
+        "--wait",
+        "5",
+        *caller_tls,
+    )
+    script = tmp_path / "tls_pool.py"
+    script.write_text(textwrap.dedent(TLS_POOL))
+    pool = lab.start(a, "pool", sys.executable, script, namespace, backend, tmp_path / "caller")
+
+    refused = pool.wait_for("plaintext pool refused:", timeout=30)
+    assert "requires TLS" in refused, lab.describe([pool])
+    called = pool.wait_line(r"^called (\d+) (\d+)$", timeout=30)
+    assert int(called.group(1)) == worker.pid, lab.describe()
+    assert int(called.group(2)) == netns_inode(b) != netns_inode(a)
+    assert pool.wait(20) == 0, lab.describe([pool])
+
+    # `wool workers` with the caller's credentials verifies the worker over TLS.
+    assert listing.wait(20) == 0, lab.describe([listing])
+    row = next(line for line in listing.stdout().splitlines() if f"{worker_host}:{port}" in line)
+    assert row.split()[-1] == "verified", lab.describe([listing])
+
+    # A stranger on the network without credentials cannot get anything run.
+    stranger = lab.run(
+        a,
+        "stranger",
+        sys.executable,
+        "-c",
+        "import anyio, sys\n"
+        "from wool.transport import Client\n"
+        "async def main():\n"
+        f"    client = Client({worker_host!r}, {port})\n"
+        "    try:\n"
+        "        await client.info(5)\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+        "    await client.close()\n"
+        "anyio.run(main)\n",
+    )
+    said = stranger.stdout()
+    assert "SecurityError" in said and "requires TLS" in said, lab.describe([stranger])
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0, lab.describe([worker])

@@ -14,6 +14,7 @@ from wool._errors import (
     NoPoolError,
     NoWorkersAvailable,
     ProtocolError,
+    SecurityError,
     SerializationError,
     TaskException,
     WoolError,
@@ -34,6 +35,7 @@ from wool.discovery import (
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.pool import WorkerPool
 from wool.routine import Routine, routine
+from wool.security import WorkerCredentials
 
 __all__ = [
     "DiscoveryEvent",
@@ -49,9 +51,11 @@ __all__ = [
     "ProtocolError",
     "RoundRobinLoadBalancer",
     "Routine",
+    "SecurityError",
     "SerializationError",
     "TaskException",
     "WoolError",
+    "WorkerCredentials",
     "WorkerFilter",
     "WorkerLost",
     "WorkerMetadata",

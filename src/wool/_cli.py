@@ -14,8 +14,9 @@ from typing import Any
 
 import anyio
 
-from wool._errors import WoolError
+from wool._errors import SecurityError, WoolError
 from wool.discovery import DiscoveryLike, LanDiscovery, LocalDiscovery, WorkerMetadata
+from wool.security import WorkerCredentials, private_socket_path
 from wool.transport import DEFAULT_LIMITS, Limits
 
 __all__ = ["main"]
@@ -44,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--host",
-        help="address to listen on (default: 127.0.0.1 for local discovery, 0.0.0.0 for lan)",
+        help="address to listen on (default: for local discovery a Unix socket only this user "
+        "can reach, or 127.0.0.1 when --port is given; 0.0.0.0 for lan)",
     )
     worker.add_argument("--port", type=int, default=0, help="port (default: 0, a free one)")
     worker.add_argument(
@@ -89,9 +91,19 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_LIMITS.max_payload,
         help="bytes one pickled argument tuple, result or item may take (default: 1 GiB)",
     )
-    worker.add_argument("--tls-cert", help="(not supported yet)")
-    worker.add_argument("--tls-key", help="(not supported yet)")
-    worker.add_argument("--tls-ca", help="(not supported yet)")
+    tls = _tls_options(worker)
+    tls.add_argument(
+        "--tls-name",
+        metavar="NAME",
+        help="the name callers check in this worker's certificate, published with its "
+        "address (default: the address itself), e.g. a Kubernetes Service's DNS name",
+    )
+    worker.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening without TLS on a network address: every host that can reach "
+        "it can run code as this user",
+    )
     worker.add_argument(
         "--log-level",
         default="INFO",
@@ -104,7 +116,36 @@ def _parser() -> argparse.ArgumentParser:
     workers.add_argument(
         "--wait", type=float, help="seconds to listen (default: 0.3 for local, 3 for lan)"
     )
+    _tls_options(workers)
     return parser
+
+
+def _tls_options(parser: argparse.ArgumentParser) -> Any:
+    tls = parser.add_argument_group(
+        "TLS", "all three files, PEM: the worker requires TLS (mutual unless --no-mutual)"
+    )
+    tls.add_argument("--tls-cert", metavar="PATH", help="this side's certificate")
+    tls.add_argument("--tls-key", metavar="PATH", help="the certificate's private key")
+    tls.add_argument("--tls-ca", metavar="PATH", help="the CA that signs workers and callers")
+    tls.add_argument(
+        "--no-mutual",
+        dest="mutual",
+        action="store_false",
+        help="one-way TLS: accept callers without a certificate (callers still verify workers)",
+    )
+    return tls
+
+
+def _credentials(args: argparse.Namespace) -> WorkerCredentials | None:
+    """The credentials the TLS options name, or None; SecurityError if they are partial."""
+    files = (args.tls_ca, args.tls_key, args.tls_cert)
+    if not any(files):
+        if not args.mutual:
+            raise SecurityError("--no-mutual needs --tls-cert, --tls-key and --tls-ca")
+        return None
+    if not all(files):
+        raise SecurityError("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+    return WorkerCredentials.from_files(args.tls_ca, args.tls_key, args.tls_cert, args.mutual)
 
 
 def _discovery_options(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +195,13 @@ def _advertised_host(host: str) -> str:
     return "127.0.0.1"
 
 
+def _default_host(args: argparse.Namespace, worker_id: str) -> str:
+    if args.discovery == "lan":
+        return "0.0.0.0"
+    # Local discovery is this user's alone: a socket only this user can reach matches it.
+    return "127.0.0.1" if args.port else private_socket_path(worker_id.rsplit("-", 1)[-1])
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -166,10 +214,13 @@ def _worker(args: argparse.Namespace) -> int:
     from wool.worker._config import WorkerConfig
     from wool.worker._main import run
 
-    if args.tls_cert or args.tls_key or args.tls_ca:
-        print("wool worker: TLS is not supported yet; run without --tls-* options", file=sys.stderr)
+    try:
+        credentials = _credentials(args)
+    except SecurityError as exc:
+        print(f"wool worker: {exc}", file=sys.stderr)
         return 2
-    host = args.host or ("0.0.0.0" if args.discovery == "lan" else "127.0.0.1")
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    host = args.host or _default_host(args, worker_id)
     advertised = args.advertise_host or _advertised_host(host)
     if args.discovery == "lan" and not _is_ip(advertised):
         print(
@@ -179,7 +230,7 @@ def _worker(args: argparse.Namespace) -> int:
         )
         return 2
     config = WorkerConfig(
-        id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        id=worker_id,
         discovery=_discovery(args),
         backend=args.backend,
         tags=frozenset(args.tag),
@@ -191,6 +242,9 @@ def _worker(args: argparse.Namespace) -> int:
         keepalive=args.keepalive,
         log_level=getattr(logging, args.log_level),
         limits=Limits(max_message=args.max_message_size, max_payload=args.max_payload_size),
+        credentials=credentials,
+        insecure=args.insecure,
+        tls_name=args.tls_name,
     )
     log.info(
         "starting worker %s (%s discovery, namespace %r)", config.id, args.discovery, args.namespace
@@ -215,7 +269,39 @@ async def _collect(discovery: DiscoveryLike, seconds: float) -> list[WorkerMetad
     return sorted(workers.values(), key=lambda w: w.id)
 
 
-def _table(workers: Sequence[WorkerMetadata]) -> str:
+async def _verify(
+    workers: Sequence[WorkerMetadata], credentials: WorkerCredentials
+) -> dict[str, str]:
+    """Each worker's TLS status as these credentials see it: ``verified`` (a TLS Info
+    call succeeded), ``refused`` (the reason goes to stderr) or ``unreachable``."""
+    from wool.transport import Client, ConnectionLost, portal_for_host
+
+    status: dict[str, str] = {}
+    portal = portal_for_host()
+    try:
+        for worker in workers:
+            client = Client(
+                worker.host,
+                worker.port,
+                credentials=credentials,
+                server_name=dict(worker.options).get("tls-name"),
+            )
+            try:
+                await portal.run(client.info, 3.0)
+                status[worker.id] = "verified"
+            except SecurityError as exc:
+                status[worker.id] = "refused"
+                print(f"wool workers: {worker.id}: {exc}", file=sys.stderr)
+            except ConnectionLost:
+                status[worker.id] = "unreachable"
+            finally:
+                await portal.run(client.close)
+    finally:
+        portal.close()
+    return status
+
+
+def _table(workers: Sequence[WorkerMetadata], status: dict[str, str] | None = None) -> str:
     header = ("ID", "ADDRESS", "TAGS", "VERSION", "TLS")
     rows = [
         (
@@ -223,7 +309,7 @@ def _table(workers: Sequence[WorkerMetadata]) -> str:
             w.address,
             ",".join(sorted(w.tags)) or "-",
             w.version or "-",
-            "yes" if w.secure else "no",
+            (status or {}).get(w.id) or ("yes" if w.secure else "no"),
         )
         for w in workers
     ]
@@ -236,6 +322,11 @@ def _table(workers: Sequence[WorkerMetadata]) -> str:
 
 def _workers(args: argparse.Namespace) -> int:
     seconds = args.wait if args.wait is not None else (3.0 if args.discovery == "lan" else 0.3)
+    try:
+        credentials = _credentials(args)
+    except SecurityError as exc:
+        print(f"wool workers: {exc}", file=sys.stderr)
+        return 2
     discovery = _discovery(args)
     workers = anyio.run(_collect, discovery, seconds)
     if not workers:
@@ -245,7 +336,8 @@ def _workers(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    print(_table(workers))
+    status = None if credentials is None else anyio.run(_verify, workers, credentials)
+    print(_table(workers, status))
     return 0
 
 

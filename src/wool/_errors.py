@@ -6,6 +6,7 @@ __all__ = [
     "NoPoolError",
     "NoWorkersAvailable",
     "ProtocolError",
+    "SecurityError",
     "SerializationError",
     "TaskException",
     "WoolError",
@@ -77,6 +78,19 @@ class WorkerStartError(WoolError):
 
 class ProtocolError(WoolError):
     """A peer sent what wool cannot understand: a malformed frame or another protocol version."""
+
+
+class SecurityError(WoolError):
+    """A peer could not be authenticated, or caller and worker disagree about TLS.
+
+    Raised by calls (and pools opening) when the pool would have to talk to a worker
+    without the protection it was configured for, or a TLS handshake failed. The message
+    says which side refused and what to change. ``worker`` names the worker, if any.
+    """
+
+    def __init__(self, message: str, *, worker: str | None = None) -> None:
+        super().__init__(message)
+        self.worker = worker
 
 
 class TaskException(WoolError):

@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from wool._errors import SecurityError
 from wool.discovery._protocol import DiscoveryEvent, EventKind, WorkerFilter, WorkerMetadata
+from wool.security import WorkerCredentials
 from wool.transport import Client, ConnectionLost, Portal, WorkerInfo, portal_for_host
 
 __all__ = ["DnsDiscovery"]
@@ -28,12 +30,23 @@ class DnsDiscovery:
     answering, are dropped. Publishing is a no-op: the platform (e.g. Kubernetes, through a
     headless Service) maintains the name.
 
+    With ``credentials`` (the pool's), the identity calls are TLS and each worker's
+    certificate must name ``name`` (the DNS name, not the address it resolved to, which
+    changes with every pod); the pool then checks the same name on its calls. A worker
+    that fails the handshake is logged and left out.
+
     Raises:
         ValueError: ``port`` is not 1..65535.
     """
 
     def __init__(
-        self, name: str, port: int, *, interval: float = 5.0, timeout: float = 2.0
+        self,
+        name: str,
+        port: int,
+        *,
+        interval: float = 5.0,
+        timeout: float = 2.0,
+        credentials: WorkerCredentials | None = None,
     ) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port must be 1..65535, got {port}")
@@ -41,6 +54,7 @@ class DnsDiscovery:
         self.port = port
         self.interval = interval
         self.timeout = timeout
+        self.credentials = credentials
 
     def __repr__(self) -> str:
         return f"DnsDiscovery({self.name!r}, {self.port})"
@@ -81,6 +95,7 @@ class DnsDiscovery:
     ) -> AsyncIterator[DiscoveryEvent]:
         known: dict[str, WorkerMetadata] = {}
         misses: dict[str, int] = {}
+        refused: set[str] = set()
         while True:
             addresses = await self._resolve()
             if addresses is not None:
@@ -91,16 +106,29 @@ class DnsDiscovery:
                 for address in sorted(addresses):
                     client = clients.get(address)
                     if client is None:
-                        client = clients[address] = Client(address, self.port)
+                        client = clients[address] = Client(
+                            address,
+                            self.port,
+                            credentials=self.credentials,
+                            server_name=self.name,
+                        )
                     try:
                         info = await portal.run(client.info, self.timeout)
+                    except SecurityError as exc:
+                        if address not in refused:  # once, not every interval
+                            log.error("worker at %s left out: %s", address, exc)
+                        refused.add(address)
+                        if address in known:
+                            yield DiscoveryEvent("worker-dropped", known.pop(address))
+                        continue
                     except ConnectionLost:
                         misses[address] = misses.get(address, 0) + 1
                         if address in known and misses[address] >= _MISSES:
                             yield DiscoveryEvent("worker-dropped", known.pop(address))
                         continue
                     misses.pop(address, None)
-                    worker = _metadata(info, address, self.port)
+                    refused.discard(address)
+                    worker = _metadata(info, address, self.port, self.name)
                     previous = known.get(address)
                     if filter is not None and not filter(worker):
                         if previous is not None:
@@ -128,7 +156,7 @@ async def _close_clients(
             log.exception("closing the connection to %s failed", address)
 
 
-def _metadata(info: WorkerInfo, address: str, port: int) -> WorkerMetadata:
+def _metadata(info: WorkerInfo, address: str, port: int, name: str) -> WorkerMetadata:
     return WorkerMetadata(
         id=info.id,
         host=address,
@@ -138,6 +166,8 @@ def _metadata(info: WorkerInfo, address: str, port: int) -> WorkerMetadata:
         version=info.version,
         backend=info.backend,
         secure=info.secure,
+        # The name callers check in the worker's certificate (see DnsDiscovery).
+        options=(("tls-name", name),),
     )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio
 
 from wool.discovery._protocol import DiscoveryEvent, EventKind, WorkerFilter, WorkerMetadata
+from wool.security import release_socket
 
 __all__ = ["LocalDiscovery"]
 
@@ -175,6 +176,7 @@ class LocalDiscovery:
                 )
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+                release_socket(worker.host)  # a killed worker could not remove it
         return workers
 
     def cleanup(self) -> None:

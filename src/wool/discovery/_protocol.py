@@ -28,7 +28,7 @@ class WorkerMetadata:
     #: Unique among the workers a pool sees (a spawned worker's is its pool's namespace and
     #: a counter; a ``wool worker``'s is given by ``--id`` or random).
     id: str
-    #: The address callers connect to (an IP address or a host name).
+    #: An IP address or name, or ``unix:/path`` for a worker on a Unix socket (port 0).
     host: str
     port: int
     #: The worker's process id on its host (0 when unknown).
@@ -46,7 +46,9 @@ class WorkerMetadata:
 
     @property
     def address(self) -> str:
-        """``host:port``, with an IPv6 host in brackets."""
+        """``host:port``, ``[host]:port`` for IPv6, or ``unix:/path`` for a Unix socket."""
+        if self.host.startswith("unix:"):
+            return self.host
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 

@@ -20,6 +20,7 @@ from wool.discovery import DiscoveryLike, LocalDiscovery, MergedDiscovery, Worke
 from wool.loadbalancer import LoadBalancerLike
 from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.routine import Dispatcher, dispatcher_var
+from wool.security import WorkerCredentials, private_socket_path, release_socket
 from wool.transport import DEFAULT_LIMITS, Limits, Portal, current_backend, portal_for_host
 from wool.worker import WorkerConfig, WorkerProcess
 
@@ -71,6 +72,19 @@ class WorkerPool:
         max_payload_size: bytes an argument tuple, return value, yielded item or sent
             value may pickle to (default 1 GiB). A call over it raises
             ``SerializationError`` before anything is sent.
+        credentials: a ``wool.WorkerCredentials``: every connection to a worker is TLS
+            (mutual unless the credentials say otherwise), spawned workers get the same
+            credentials, and workers that do not use TLS are refused. Without
+            credentials, workers that require TLS are refused.
+        insecure: accept discovered workers that listen in plaintext on a network
+            address (anything but loopback or a Unix socket). Their answers are pickles
+            this process loads: only for networks where every host is trusted.
+
+    Spawned workers listen on Unix sockets in a directory only this user can enter
+    (``<tmp>/wool-<uid>/s``, mode 0700): other users of the host cannot reach them.
+
+    Calls to a worker the pool refuses (a TLS mismatch, a failed TLS handshake) go to the
+    other workers; when none is left, they raise ``SecurityError`` saying what to change.
 
     Exiting the block stops every worker the pool spawned (SIGTERM, then SIGKILL after
     ``grace``), also when the block raised or was cancelled; nothing it started is left
@@ -104,6 +118,8 @@ class WorkerPool:
         log_level: int | None = None,
         max_message_size: int = DEFAULT_LIMITS.max_message,
         max_payload_size: int = DEFAULT_LIMITS.max_payload,
+        credentials: WorkerCredentials | None = None,
+        insecure: bool = False,
     ) -> None:
         if size is None:
             size = 0 if discovery is not None else os.cpu_count() or 1
@@ -122,7 +138,13 @@ class WorkerPool:
         for tag in tags:
             if not isinstance(tag, str) or not tag:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise TypeError(f"tags must be non-empty strings, got {tag!r}")
+        if credentials is not None and not isinstance(credentials, WorkerCredentials):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"credentials must be a wool.WorkerCredentials, got {type(credentials).__name__}"
+            )
         self.limits = Limits(max_message=max_message_size, max_payload=max_payload_size)
+        self.credentials = credentials
+        self.insecure = insecure
         self.tags = frozenset(tags)
         self.size = size
         self.discovery = discovery
@@ -172,6 +194,8 @@ class WorkerPool:
             log_level=self.log_level,
             parent_pid=os.getpid(),
             limits=self.limits,
+            credentials=self.credentials,
+            insecure=self.insecure,
         )
         try:
             await self._spawn_all()
@@ -185,6 +209,8 @@ class WorkerPool:
                 filter=lambda w: self.tags <= w.tags,
                 loadbalancer=self._loadbalancer,
                 description=f"pool {self._discovery.namespace}",
+                credentials=self.credentials,
+                insecure=self.insecure,
             )
             self._proxy = await self._proxy_scope.__aenter__()
             for process in self._processes:
@@ -246,7 +272,12 @@ class WorkerPool:
         assert self._config is not None
         self._spawned += 1
         process = WorkerProcess(
-            replace(self._config, id=self._worker_id(self._spawned - 1), peers=peers)
+            replace(
+                self._config,
+                id=self._worker_id(self._spawned - 1),
+                peers=peers,
+                host=private_socket_path(uuid.uuid4().hex[:12]),
+            )
         )
         self._processes.append(process)  # before it starts: closing must stop it
         return process
@@ -302,6 +333,7 @@ class WorkerPool:
         self._proxy.remove(process.config.id)
         self._processes.remove(process)
         await process.stop(0)
+        release_socket(process.config.host)
         delay = 0.1
         while True:
             replacement = self._new_process()
@@ -310,6 +342,7 @@ class WorkerPool:
             except Exception as exc:
                 self._processes.remove(replacement)
                 await replacement.stop(0)
+                release_socket(replacement.config.host)
                 log.error("replacement worker failed to start (retrying in %g s): %s", delay, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -342,6 +375,8 @@ class WorkerPool:
                 async with anyio.create_task_group() as tg:
                     for process in self._processes:
                         tg.start_soon(process.stop, self.grace)
+                for process in self._processes:
+                    release_socket(process.config.host)
                 self._processes = []
                 self._config = None
                 if self._discovery is not None:
@@ -359,6 +394,8 @@ _WAITING_NOTICE = 5.0
 
 async def _first_worker(proxy: WorkerProxy) -> None:
     while not proxy.workers:
+        if proxy.refused:  # a worker was found but TLS refused it: say why
+            raise proxy.refused[-1]
         await proxy.changed()
 
 

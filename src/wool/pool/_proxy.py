@@ -21,6 +21,7 @@ from wool._errors import (
     NoPoolError,
     NoWorkersAvailable,
     ProtocolError,
+    SecurityError,
     SerializationError,
     WorkerLost,
 )
@@ -28,7 +29,9 @@ from wool._serialization import Payload, dumps_payload, loads, loads_exception, 
 from wool._tracebacks import raise_remote
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
+from wool.pool._admission import refusal
 from wool.routine import call_depth
+from wool.security import WorkerCredentials
 from wool.transport import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
@@ -71,8 +74,14 @@ class WorkerProxy:
         limits: Limits = DEFAULT_LIMITS,
         loadbalancer: LoadBalancerLike | None = None,
         description: str = "the pool",
+        credentials: WorkerCredentials | None = None,
+        insecure: bool = False,
     ) -> None:
         self._portal = portal
+        self._credentials = credentials
+        self._insecure = insecure
+        # Workers this pool must not call (TLS mismatch, failed handshake), and why.
+        self._refused: dict[str, SecurityError] = {}
         self.limits = limits
         self._grace = grace
         self._keepalive = keepalive
@@ -97,6 +106,11 @@ class WorkerProxy:
         known = self._known.get(worker.id)
         if known == worker:
             return
+        problem = refusal(worker, self._credentials, self._insecure)
+        if problem is not None:
+            self.refuse(worker, problem)
+            return
+        self._refused.pop(worker.id, None)
         if known is not None and known.address != worker.address:
             self._forget_client(worker.id)
         self._known[worker.id] = worker
@@ -111,7 +125,25 @@ class WorkerProxy:
         self._pinned.add(worker.id)
         self.add(worker)
 
+    def refuse(self, worker: WorkerMetadata, error: SecurityError) -> None:
+        """Keep ``worker`` out of rotation until discovery reports it anew: calling it
+        would break the pool's security settings (or its TLS handshake failed)."""
+        if self._refused.get(worker.id) is None:
+            log.error("%s will not use worker %s: %s", self.description, worker.id, error)
+        self._refused[worker.id] = error
+        if self._known.pop(worker.id, None) is not None:
+            self._suspects.pop(worker.id, None)
+            self._balancer.remove(worker.id)
+            self._forget_client(worker.id)
+        self._notify()
+
+    @property
+    def refused(self) -> list[SecurityError]:
+        """Why the workers the pool will not call were refused."""
+        return list(self._refused.values())
+
     def remove(self, worker_id: str) -> None:
+        self._refused.pop(worker_id, None)
         if worker_id in self._pinned or self._known.pop(worker_id, None) is None:
             return
         self._suspects.pop(worker_id, None)
@@ -155,6 +187,8 @@ class WorkerProxy:
             return worker
         with anyio.move_on_after(self._wait_for_workers):
             while (worker := self._balancer.choose()) is None:
+                if self._refused:  # nothing to wait for: say why instead
+                    raise next(reversed(self._refused.values()))
                 await self._changed.wait()
                 if self._closed:
                     raise NoPoolError(routine, closed=True)
@@ -167,7 +201,14 @@ class WorkerProxy:
     def _client(self, worker: WorkerMetadata) -> Client:
         client = self._clients.get(worker.id)
         if client is None:
-            client = Client(worker.host, worker.port, keepalive=self._keepalive, limits=self.limits)
+            client = Client(
+                worker.host,
+                worker.port,
+                keepalive=self._keepalive,
+                limits=self.limits,
+                credentials=self._credentials,
+                server_name=dict(worker.options).get("tls-name"),
+            )
             self._clients[worker.id] = client
         return client
 
@@ -183,6 +224,9 @@ class WorkerProxy:
                 try:
                     info = await self._portal.run(self._client(worker).info, 1.0)
                 except ConnectionLost:
+                    continue
+                except SecurityError as exc:
+                    self.refuse(worker, exc)
                     continue
                 if info.stopping:
                     continue  # draining: it will leave
@@ -289,6 +333,9 @@ class WorkerProxy:
             except Unreachable as exc:
                 self._suspend(worker, str(exc))
                 continue  # never sent: another worker may take it
+            except SecurityError as exc:
+                self.refuse(worker, exc)
+                continue  # refused before the handshake ended: nothing reached the worker
             except ConnectionLost as exc:
                 raise self._lost(worker, routine, exc) from exc
             except anyio.get_cancelled_exc_class():
@@ -329,12 +376,22 @@ class WorkerProxy:
                 except Unreachable as exc:
                     self._suspend(worker, str(exc))
                     continue  # never sent: another worker may take it
+                except SecurityError as exc:
+                    self.refuse(worker, exc)
+                    continue
                 except ConnectionLost as exc:
                     raise self._lost(worker, routine, exc) from exc
                 remote = RemoteGenerator(self, call, routine, worker, prefetch)
                 # The first step is always NEXT (Python refuses other first steps locally),
                 # so take it here: a worker that refuses the call lets another one take it.
-                first = await remote.start()
+                try:
+                    first = await remote.start()
+                except SecurityError as exc:
+                    closing, call = call, None
+                    with anyio.move_on_after(grace):
+                        await self._portal.run(functools.partial(closing.close, reset=True))
+                    self.refuse(worker, exc)
+                    continue
                 if self._declined(worker, first):
                     closing, call = call, None
                     with anyio.move_on_after(grace):
@@ -603,6 +660,8 @@ class open_proxy:
         filter: WorkerFilter | None = None,
         loadbalancer: LoadBalancerLike | None = None,
         description: str = "the pool",
+        credentials: WorkerCredentials | None = None,
+        insecure: bool = False,
     ) -> None:
         self._discovery = discovery
         self._filter = filter
@@ -614,6 +673,8 @@ class open_proxy:
             wait_for_workers=wait_for_workers,
             loadbalancer=loadbalancer,
             description=description,
+            credentials=credentials,
+            insecure=insecure,
         )
         self._tg = anyio.create_task_group()
 

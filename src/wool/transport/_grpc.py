@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import socket
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
@@ -29,7 +28,16 @@ from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
 
 from wool._errors import ProtocolError
-from wool.transport._bridge import CoalescingTransport, ConnectionLost, Unreachable
+from wool.security import WorkerCredentials, unix_path
+from wool.transport._bridge import CoalescingTransport, ConnectionLost
+from wool.transport._edges import (
+    ConnectionWatch,
+    client_tls,
+    connect_error,
+    listening_socket,
+    remove_socket,
+    server_tls,
+)
 from wool.transport._framing import (
     DEFAULT_LIMITS,
     Assembler,
@@ -69,19 +77,6 @@ _TRANSPORT_ERRORS = (StreamTerminatedError, StreamClosedError, ConnectionError, 
 # On a connection that is still up, these mean that wool misused grpclib or h2 (grpclib's
 # ProtocolError "means that you probably should fix your code"): a bug, not a lost peer.
 _MISUSE_ERRORS = (H2ProtocolError, H2Error)
-
-
-def _lost_or_bug(exc: BaseException, connection: _Connection, address: str) -> Exception:
-    """The error for the caller: ``ConnectionLost`` when the peer is gone (the pool then
-    suspends the worker), or a ``RuntimeError`` for a bug in wool, logged with its stack,
-    which leaves a healthy worker in rotation."""
-    if isinstance(exc, _TRANSPORT_ERRORS) or not connection.channel._connected:
-        return ConnectionLost(f"connection to worker {address} lost: {exc}")
-    log.error("internal error on a call to worker %s (a bug in wool)", address, exc_info=exc)
-    return RuntimeError(
-        f"internal error in wool on a call to worker {address}: {exc!r}; this is a bug in "
-        "wool, please report it"
-    )
 
 
 # Large frames: a chunk of a payload crosses in a few frames instead of hundreds of 16 KiB
@@ -141,8 +136,30 @@ def _tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
 
 
 class _Channel(grpclib.client.Channel):
+    watch: ConnectionWatch
+
     def _protocol_factory(self) -> H2Protocol:
-        return _tuned(super()._protocol_factory(), {})
+        self.watch = ConnectionWatch()
+        return self.watch.attach(_tuned(super()._protocol_factory(), {}))
+
+
+def _open_channel(
+    host: str,
+    port: int,
+    *,
+    credentials: WorkerCredentials | None,
+    server_name: str | None,
+    codec: CodecBase,
+    keepalive: float | None,
+) -> _Channel:
+    """A channel to a worker at ``host:port`` or ``unix:/path``, over TLS with
+    ``credentials``; the worker's certificate must name ``server_name`` (default: host)."""
+    path = unix_path(host)
+    tls, server_name = client_tls(host, credentials, server_name)
+    config = _configuration(keepalive, server_name=server_name)
+    if path is not None:
+        return _Channel(path=path, ssl=tls, codec=codec, config=config)
+    return _Channel(host, port, ssl=tls, codec=codec, config=config)
 
 
 class _Codec(CodecBase):
@@ -161,7 +178,13 @@ class _Codec(CodecBase):
                 f"of {self._max_message} bytes here; give callers and workers the same "
                 "max_message_size"
             )
-        return decode_chunk(data, message_type) or message_type.parse(data)
+        try:
+            return decode_chunk(data, message_type) or message_type.parse(data)
+        except Exception as exc:  # betterproto2 raises whatever the bytes lead it to
+            raise ProtocolError(
+                f"the peer sent {len(data)} bytes that are no {message_type.__name__} "
+                f"message: {exc!r}"
+            ) from exc
 
 
 async def _send(
@@ -201,17 +224,19 @@ _STREAM_WINDOW = 8 * 1024 * 1024
 _CONNECTION_WINDOW = 32 * 1024 * 1024
 
 
-def _configuration(keepalive: float | None) -> Configuration:
+def _configuration(keepalive: float | None, *, server_name: str | None = None) -> Configuration:
     """HTTP/2 pings every ``keepalive`` seconds while calls are open; a peer that has not
     answered one within another ``keepalive`` seconds is taken for gone."""
     if keepalive is None:
         return Configuration(
             http2_connection_window_size=_CONNECTION_WINDOW,
             http2_stream_window_size=_STREAM_WINDOW,
+            ssl_target_name_override=server_name,
         )
     return Configuration(
         http2_connection_window_size=_CONNECTION_WINDOW,
         http2_stream_window_size=_STREAM_WINDOW,
+        ssl_target_name_override=server_name,
         _keepalive_time=keepalive,
         _keepalive_timeout=keepalive,
         _http2_max_pings_without_data=0,
@@ -229,7 +254,7 @@ _STREAMS_PER_CONNECTION = 64
 class _Connection:
     __slots__ = ("channel", "streams")
 
-    def __init__(self, channel: grpclib.client.Channel) -> None:
+    def __init__(self, channel: _Channel) -> None:
         self.channel = channel
         self.streams = 0
 
@@ -244,10 +269,14 @@ class Client:
         *,
         keepalive: float | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        credentials: WorkerCredentials | None = None,
+        server_name: str | None = None,
     ) -> None:
-        self.address = f"{host}:{port}"
+        self.address = host if unix_path(host) is not None else f"{host}:{port}"
         self._host = host
         self._port = port
+        self._credentials = credentials
+        self._server_name = server_name
         self._keepalive = keepalive
         self.limits = limits
         self._codec = _Codec(limits.max_message)
@@ -264,8 +293,13 @@ class Client:
             if connection.streams < _STREAMS_PER_CONNECTION:
                 return connection
         # grpclib binds a channel to the loop it is created on: create them on first use.
-        channel = _Channel(
-            self._host, self._port, codec=self._codec, config=_configuration(self._keepalive)
+        channel = _open_channel(
+            self._host,
+            self._port,
+            credentials=self._credentials,
+            server_name=self._server_name,
+            codec=self._codec,
+            keepalive=self._keepalive,
         )
         connection = _Connection(channel)
         self._connections.append(connection)
@@ -287,7 +321,7 @@ class Client:
             await connection.channel.__connect__()
         except OSError as exc:
             connection.streams -= 1
-            raise Unreachable(f"cannot connect to worker {self.address}: {exc}") from exc
+            raise connect_error(self.address, exc) from exc
         stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
         )
@@ -296,7 +330,7 @@ class Client:
                 await _send(stream, request, self.limits, end=True)
                 response = await _receive(stream, Assembler(self.limits.max_payload))
         except (*_TRANSPORT_ERRORS, *_MISUSE_ERRORS) as exc:
-            raise _lost_or_bug(exc, connection, self.address) from exc
+            raise self.lost(connection, exc) from exc
         except GRPCError as exc:
             raise ProtocolError(
                 f"worker {self.address} failed the call without an answer: {exc.message}"
@@ -310,6 +344,23 @@ class Client:
         if response is None:
             raise ConnectionLost(f"worker {self.address} closed the call without an answer")
         return response
+
+    def lost(self, connection: _Connection, exc: BaseException, what: str = "lost") -> Exception:
+        """The error for a call that failed on ``connection``: a ``RuntimeError`` for a bug
+        in wool (grpclib or h2 misused on a connection that is still up), logged with its
+        stack, which leaves a healthy worker in rotation; a ``SecurityError`` when TLS
+        refused the connection; otherwise ``ConnectionLost`` (the peer is gone)."""
+        if isinstance(exc, _MISUSE_ERRORS) and connection.channel._connected:
+            log.error(
+                "internal error on a call to worker %s (a bug in wool)", self.address, exc_info=exc
+            )
+            return RuntimeError(
+                f"internal error in wool on a call to worker {self.address}: {exc!r}; this is "
+                "a bug in wool, please report it"
+            )
+        watch = getattr(connection.channel, "watch", None) or ConnectionWatch()
+        refusal = watch.refusal(self.address, exc, secure=self._credentials is not None)
+        return refusal or ConnectionLost(f"connection to worker {self.address} {what}: {exc}")
 
     def forget(self, call_id: str) -> None:
         """Drop what was kept to cancel ``call_id`` (its Cancel request will not be sent)."""
@@ -331,7 +382,7 @@ class Client:
             await connection.channel.__connect__()
         except OSError as exc:
             connection.streams -= 1
-            raise Unreachable(f"cannot connect to worker {self.address}: {exc}") from exc
+            raise connect_error(self.address, exc) from exc
         stream = connection.channel.request(
             _DISPATCH, grpclib.const.Cardinality.STREAM_STREAM, Request, Response
         )
@@ -368,9 +419,9 @@ class Client:
                 await stream.send_message(request, end=True)
                 response = await stream.recv_message()
         except (*_TRANSPORT_ERRORS, GRPCError, TimeoutError) as exc:
-            raise ConnectionLost(f"worker {self.address} did not answer: {exc}") from exc
+            raise self.lost(connection, exc, "did not answer") from exc
         except _MISUSE_ERRORS as exc:
-            raise _lost_or_bug(exc, connection, self.address) from exc
+            raise self.lost(connection, exc) from exc
         finally:
             connection.streams -= 1
         if response is None:
@@ -423,7 +474,7 @@ class CallStream:
     async def _failed(self, exc: BaseException) -> None:
         address = self._client.address
         if isinstance(exc, (*_TRANSPORT_ERRORS, *_MISUSE_ERRORS)):
-            raise _lost_or_bug(exc, self._connection, address) from exc
+            raise self._client.lost(self._connection, exc) from exc
         if isinstance(exc, GRPCError):
             raise ProtocolError(f"worker {address} failed the call: {exc.message}") from exc
         if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -448,7 +499,7 @@ class CallStream:
         except (*_TRANSPORT_ERRORS, GRPCError):
             pass  # the call is over either way
         except _MISUSE_ERRORS as exc:
-            _lost_or_bug(exc, self._connection, self._client.address)  # logs a bug
+            self._client.lost(self._connection, exc)  # logs a bug
 
 
 class Service(Protocol):
@@ -497,7 +548,8 @@ class _Handlers:
 
     async def _cancel(self, stream: grpclib.server.Stream[CancelRequest, CancelResponse]) -> None:
         request = await stream.recv_message()
-        assert request is not None
+        if request is None:
+            return
         await stream.send_message(CancelResponse(cancelled=await self._service.cancel(request.id)))
 
     async def _info(self, stream: grpclib.server.Stream[InfoRequest, WorkerInfo]) -> None:
@@ -506,7 +558,8 @@ class _Handlers:
 
     async def _stop(self, stream: grpclib.server.Stream[StopRequest, StopResponse]) -> None:
         request = await stream.recv_message()
-        assert request is not None
+        if request is None:
+            return
         await stream.send_message(StopResponse())
         await self._service.stop(request.grace)
 
@@ -562,35 +615,43 @@ class Server:
             config=_configuration(keepalive),
         )
         self.port = 0
+        self._host = ""
 
-    async def start(self, host: str, port: int) -> int:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    async def start(
+        self, host: str, port: int, credentials: WorkerCredentials | None = None
+    ) -> int:
+        """Listen on ``host:port`` (or the Unix socket ``unix:/path``; the port is then 0),
+        with TLS if ``credentials`` are given: a connection reaches the service only once
+        its handshake is done, its client certificate verified under mutual TLS."""
+        sock = listening_socket(host, port)
         try:
-            sock.bind((host, port))
-        except OSError:
+            await self._server.start(sock=sock, ssl=server_tls(credentials))
+        except BaseException:
             sock.close()
             raise
-        await self._server.start(sock=sock)
-        self.port = sock.getsockname()[1]
+        self._host = host
+        self.port = 0 if unix_path(host) is not None else sock.getsockname()[1]
         return self.port
 
     async def close(self) -> None:
         """Stop listening, cancel what still runs, let the cancelled handlers answer for
         a moment, then close every connection. Bounded: callers that stay connected
         cannot hold a stopping worker."""
-        with contextlib.suppress(RuntimeError):
-            self._server.close()
-        with anyio.move_on_after(_HANDLERS_ANSWER):
-            async with anyio.create_task_group() as tg:
-                for protocol in list(self._server.connections):
-                    handler = cast(grpclib.server.Handler, protocol.handler)
-                    tg.start_soon(handler.wait_closed)
-        for protocol in list(self._server.connections):
-            with contextlib.suppress(AttributeError):  # never connected
-                protocol.processor.close("the worker stopped")
-        with anyio.move_on_after(_HANDLERS_ANSWER):
-            await self._server.wait_closed()
+        try:
+            with contextlib.suppress(RuntimeError):
+                self._server.close()
+            with anyio.move_on_after(_HANDLERS_ANSWER):
+                async with anyio.create_task_group() as tg:
+                    for protocol in list(self._server.connections):
+                        handler = cast(grpclib.server.Handler, protocol.handler)
+                        tg.start_soon(handler.wait_closed)
+            for protocol in list(self._server.connections):
+                with contextlib.suppress(AttributeError):  # never connected
+                    protocol.processor.close("the worker stopped")
+            with anyio.move_on_after(_HANDLERS_ANSWER):
+                await self._server.wait_closed()
+        finally:
+            remove_socket(self._host)
 
 
 # How long a stopping server waits for cancelled handlers to answer, then for its

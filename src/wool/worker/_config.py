@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import cloudpickle
 
 from wool.discovery import DiscoveryLike
+from wool.security import WorkerCredentials
 from wool.transport import DEFAULT_LIMITS, Limits
 
 __all__ = ["WorkerConfig", "read_config", "write_config"]
@@ -42,6 +43,12 @@ class WorkerConfig:
     # Ids of the workers spawned with this one: it reports ready once discovery has shown
     # it each of them, so that its routines' nested calls spread from the first call.
     peers: tuple[str, ...] = ()
+    # TLS for the worker's server and for its nested calls; None: plaintext.
+    credentials: WorkerCredentials | None = None
+    # Plaintext on a network address (as a server), and to remote workers (as a caller).
+    insecure: bool = False
+    # The name callers check in this worker's certificate instead of its address.
+    tls_name: str | None = None
 
 
 def write_config(config: WorkerConfig) -> bytes:

@@ -15,6 +15,7 @@ from wool._errors import WoolError
 from wool.discovery import WorkerMetadata
 from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.routine import set_process_dispatcher
+from wool.security import exposure
 from wool.transport import Executor, Limits, Portal, Server
 from wool.worker._config import WorkerConfig
 from wool.worker._service import WorkerService
@@ -54,9 +55,10 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         concurrency=config.concurrency,
         limits=config.limits,
     )
+    _check_exposure(config)
     server = await portal.run(_new_server, service, config.keepalive, config.limits)
     try:
-        port = await portal.run(server.start, config.host, config.port)
+        port = await portal.run(server.start, config.host, config.port, config.credentials)
     except OSError as exc:
         raise WoolError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
@@ -70,7 +72,8 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         tags=config.tags,
         version=wool_version(),
         backend=config.backend,
-        options=(("keepalive", str(config.keepalive)),) if config.keepalive else (),
+        secure=config.credentials is not None,
+        options=_options(config),
     )
     service.metadata = metadata
     try:
@@ -83,6 +86,8 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
                     grace=config.grace,
                     keepalive=config.keepalive,
                     limits=config.limits,
+                    credentials=config.credentials,
+                    insecure=config.insecure,
                     wait_for_workers=config.wait_for_workers,
                     filter=lambda w: config.tags <= w.tags,
                     description=f"the pool of worker {config.id}",
@@ -130,6 +135,48 @@ async def _find_peers(proxy: WorkerProxy, config: WorkerConfig) -> None:
         f"({', '.join(sorted(missing))}) through {config.discovery!r} within "
         f"{config.wait_for_workers:g} s"
     )
+
+
+def _options(config: WorkerConfig) -> tuple[tuple[str, str], ...]:
+    """Transport settings published for callers."""
+    options: list[tuple[str, str]] = []
+    if config.keepalive:
+        options.append(("keepalive", str(config.keepalive)))
+    if config.tls_name:
+        options.append(("tls-name", config.tls_name))
+    return tuple(options)
+
+
+def _check_exposure(config: WorkerConfig) -> None:
+    """Refuse to serve plaintext on a network address unless told to; warn when anyone
+    else can reach the worker: whoever can talk to it can run code as its user."""
+    if config.credentials is not None:
+        return
+    reach = exposure(config.host)
+    if reach == "network":
+        if not config.insecure:
+            raise WoolError(
+                f"refusing to listen on {config.host} without TLS: every host that can "
+                "reach it could run code as this user; give the worker credentials "
+                "(--tls-cert, --tls-key, --tls-ca), listen on 127.0.0.1, or pass "
+                "--insecure if the network is trusted"
+            )
+        log.warning(
+            "worker %s listens on %s:%s WITHOUT TLS (--insecure): every host that can reach "
+            "it can run code as uid %d, read its calls' arguments and results, and stop it",
+            config.id,
+            config.host,
+            config.port or "<any>",
+            os.getuid(),
+        )
+    elif reach == "loopback":
+        log.warning(
+            "worker %s listens on %s without TLS: every user of this host can run code "
+            "as uid %d through it; omit --host for a private Unix socket, or use credentials",
+            config.id,
+            config.host,
+            os.getuid(),
+        )
 
 
 async def _new_server(service: WorkerService, keepalive: float | None, limits: Limits) -> Server:
