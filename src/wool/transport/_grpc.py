@@ -23,13 +23,11 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.exceptions import ProtocolError as H2ProtocolError
 from grpclib.protocol import H2Protocol
 from h2.exceptions import H2Error, StreamClosedError
-from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
-from hyperframe.frame import DataFrame, Frame
 
 from wool._errors import ProtocolError
 from wool.security import WorkerCredentials, unix_path
-from wool.transport._bridge import CoalescingTransport, ConnectionLost
+from wool.transport._bridge import ConnectionLost
 from wool.transport._edges import (
     ConnectionWatch,
     client_tls,
@@ -46,6 +44,7 @@ from wool.transport._framing import (
     encode_chunk,
     split,
 )
+from wool.transport._h2 import tuned
 from wool.transport._protocol.wool.v1 import (
     CancelRequest,
     CancelResponse,
@@ -77,62 +76,8 @@ _TRANSPORT_ERRORS = (StreamTerminatedError, StreamClosedError, ConnectionError, 
 # On a connection that is still up, these mean that wool misused grpclib or h2 (grpclib's
 # ProtocolError "means that you probably should fix your code"): a bug, not a lost peer.
 _MISUSE_ERRORS = (H2ProtocolError, H2Error)
-
-
-# Large frames: a chunk of a payload crosses in a few frames instead of hundreds of 16 KiB
-# ones, each of which h2 parses, copies and (see _QuietFrames) describes.
-_MAX_FRAME_SIZE = 1024 * 1024
-
-
-class _QuietDataFrame(DataFrame):
-    def _body_repr(self) -> str:
-        return f"data=<{len(self.data)} bytes>"
-
-
-class _QuietFrames(FrameBuffer):
-    """h2 builds ``repr(frame)`` of every frame it receives, for a log call that discards
-    it; a DATA frame's repr hex-encodes the whole payload first. Received DATA frames get
-    a repr that does not.
-
-    It also accepts frames of up to ``_MAX_FRAME_SIZE`` from the start. The peer may send
-    frames that large as soon as it has our SETTINGS (RFC 9113, 6.5.3), but h2 raises the
-    buffer's limit only at the start of a read, after the peer's ACK: an ACK and a large
-    frame read together used to fail the connection (FrameTooLargeError).
-    """
-
-    @property
-    def max_frame_size(self) -> int:
-        return self._max_frame_size
-
-    @max_frame_size.setter
-    def max_frame_size(self, value: int) -> None:
-        self._max_frame_size = max(value, _MAX_FRAME_SIZE)
-
-    def __next__(self) -> Frame:
-        frame = super().__next__()
-        if type(frame) is DataFrame:
-            frame.__class__ = _QuietDataFrame
-        return frame
-
-
-def _tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
-    """``protocol``, set up to give each new connection coalesced writes, larger frames,
-    quiet DATA frames, and ``settings``."""
-    connection_made = protocol.connection_made
-
-    def setup(transport: Any) -> None:
-        connection_made(CoalescingTransport(transport))
-        h2 = protocol.connection._connection
-        quiet = _QuietFrames(server=not h2.config.client_side)
-        quiet.__dict__.update(h2.incoming_buffer.__dict__)
-        h2.incoming_buffer = quiet
-        table = h2._frame_dispatch_table  # pyright: ignore[reportPrivateUsage]
-        table[_QuietDataFrame] = table[DataFrame]
-        h2.update_settings({SettingCodes.MAX_FRAME_SIZE: _MAX_FRAME_SIZE, **settings})
-        protocol.connection.flush()
-
-    protocol.connection_made = setup  # type: ignore[method-assign]
-    return protocol
+# How long a stopping server waits for cancelled handlers to answer, then for its connections.
+_HANDLERS_ANSWER = 1.0
 
 
 class _Channel(grpclib.client.Channel):
@@ -140,7 +85,7 @@ class _Channel(grpclib.client.Channel):
 
     def _protocol_factory(self) -> H2Protocol:
         self.watch = ConnectionWatch()
-        return self.watch.attach(_tuned(super()._protocol_factory(), {}))
+        return self.watch.attach(tuned(super()._protocol_factory(), {}))
 
 
 def _open_channel(
@@ -595,7 +540,7 @@ class _GrpcServer(grpclib.server.Server):
         self.connections: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> H2Protocol:
-        protocol = _tuned(
+        protocol = tuned(
             super()._protocol_factory(),
             {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS},
         )
@@ -653,7 +598,3 @@ class Server:
         finally:
             remove_socket(self._host)
 
-
-# How long a stopping server waits for cancelled handlers to answer, then for its
-# connections to close.
-_HANDLERS_ANSWER = 1.0

@@ -1,0 +1,71 @@
+"""The h2 tuning the transport gives every connection, in one place: it reaches into h2's
+private state (its frame buffer and dispatch table), which ``pyproject.toml`` pins the
+versions of and ``tests/test_transport_internals.py`` checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpclib.protocol import H2Protocol
+from h2.frame_buffer import FrameBuffer
+from h2.settings import SettingCodes
+from hyperframe.frame import DataFrame, Frame
+
+from wool.transport._bridge import CoalescingTransport
+
+__all__ = ["MAX_FRAME_SIZE", "tuned"]
+
+# Large frames: a chunk of a payload crosses in a few frames instead of hundreds of 16 KiB
+# ones, each of which h2 parses, copies and (see _QuietFrames) describes.
+MAX_FRAME_SIZE = 1024 * 1024
+
+
+class _QuietDataFrame(DataFrame):
+    def _body_repr(self) -> str:
+        return f"data=<{len(self.data)} bytes>"
+
+
+class _QuietFrames(FrameBuffer):
+    """h2 builds ``repr(frame)`` of every frame it receives, for a log call that discards
+    it; a DATA frame's repr hex-encodes the whole payload first. Received DATA frames get
+    a repr that does not.
+
+    It also accepts frames of up to ``MAX_FRAME_SIZE`` from the start. The peer may send
+    frames that large as soon as it has our SETTINGS (RFC 9113, 6.5.3), but h2 raises the
+    buffer's limit only at the start of a read, after the peer's ACK: an ACK and a large
+    frame read together used to fail the connection (FrameTooLargeError).
+    """
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._max_frame_size = max(value, MAX_FRAME_SIZE)
+
+    def __next__(self) -> Frame:
+        frame = super().__next__()
+        if type(frame) is DataFrame:
+            frame.__class__ = _QuietDataFrame
+        return frame
+
+
+def tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
+    """``protocol``, set up to give each new connection coalesced writes, larger frames,
+    quiet DATA frames, and ``settings``."""
+    connection_made = protocol.connection_made
+
+    def setup(transport: Any) -> None:
+        connection_made(CoalescingTransport(transport))
+        h2 = protocol.connection._connection
+        quiet = _QuietFrames(server=not h2.config.client_side)
+        quiet.__dict__.update(h2.incoming_buffer.__dict__)
+        h2.incoming_buffer = quiet
+        table = h2._frame_dispatch_table  # pyright: ignore[reportPrivateUsage]
+        table[_QuietDataFrame] = table[DataFrame]
+        h2.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE, **settings})
+        protocol.connection.flush()
+
+    protocol.connection_made = setup  # type: ignore[method-assign]
+    return protocol
