@@ -597,4 +597,3 @@ class Server:
                 await self._server.wait_closed()
         finally:
             remove_socket(self._host)
-
