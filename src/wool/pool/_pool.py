@@ -63,7 +63,11 @@ class WorkerPool:
         start_timeout: seconds a worker may take to start before the pool gives up.
         imports: modules every worker imports before it serves (to warm heavy imports,
             or fail fast at start-up when they are broken).
-        loadbalancer: picks the worker for each call; round robin by default.
+        loadbalancer: chooses the worker for each call (any ``wool.LoadBalancerLike``);
+            ``wool.RoundRobinLoadBalancer`` by default. See ``docs/loadbalancing.md``.
+        concurrency: root calls each spawned worker runs at once (as ``wool worker
+            --concurrency``); None for no limit. Workers advertise it, and callers hold
+            root calls beyond it until a slot frees. Nested calls are never limited.
         log_level: logging level of the worker processes.
         max_message_size: bytes in one message on the wire; larger arguments, results and
             items travel in chunks of this size. Workers the pool spawns use the same.
@@ -78,9 +82,10 @@ class WorkerPool:
     Raises:
         ValueError: an argument is out of range (``size`` < 1, a ``backend`` other than
             ``"asyncio"`` or ``"trio"``, a negative or infinite ``grace``, a ``keepalive``
-            that is not > 0); raised by the constructor.
-        TypeError: ``discovery`` does not implement ``wool.DiscoveryLike``, or a tag is not
-            a non-empty string; raised by the constructor.
+            that is not > 0, a ``concurrency`` < 1); raised by the constructor.
+        TypeError: ``discovery`` does not implement ``wool.DiscoveryLike``, ``loadbalancer``
+            does not implement ``wool.LoadBalancerLike``, or a tag is not a non-empty
+            string; raised by the constructor.
         wool.WorkerStartError: entering: a spawned worker failed to start within
             ``start_timeout`` (an import in ``imports`` failed, the process died); its
             traceback is attached. Every worker already started has been stopped.
@@ -100,6 +105,7 @@ class WorkerPool:
         start_timeout: float = 60.0,
         imports: tuple[str, ...] | list[str] = (),
         loadbalancer: LoadBalancerLike | None = None,
+        concurrency: int | None = None,
         log_level: int | None = None,
         max_message_size: int = DEFAULT_LIMITS.max_message,
         max_payload_size: int = DEFAULT_LIMITS.max_payload,
@@ -112,6 +118,17 @@ class WorkerPool:
             raise TypeError(
                 f"discovery must implement wool.DiscoveryLike (publisher() and subscriber()), "
                 f"got {type(discovery).__name__}"
+            )
+        if loadbalancer is not None and not isinstance(loadbalancer, LoadBalancerLike):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                "loadbalancer must implement wool.LoadBalancerLike (choose(call, candidates)), "
+                f"got {type(loadbalancer).__name__}"
+            )
+        if concurrency is not None and not (
+            isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 1  # pyright: ignore[reportUnnecessaryIsInstance]
+        ):
+            raise ValueError(
+                f"concurrency must be a whole number >= 1 or None, got {concurrency!r}"
             )
         if backend not in (None, "asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
@@ -135,6 +152,7 @@ class WorkerPool:
             log_level if log_level is not None else logging.getLogger("wool").getEffectiveLevel()
         )
         self._loadbalancer = loadbalancer
+        self.concurrency = concurrency
         self._portal: Portal | None = None
         self._processes: list[WorkerProcess] = []
         self._spawned = 0
@@ -172,6 +190,7 @@ class WorkerPool:
             log_level=self.log_level,
             parent_pid=os.getpid(),
             limits=self.limits,
+            concurrency=self.concurrency,
         )
         try:
             await self._spawn_all()

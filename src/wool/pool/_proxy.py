@@ -19,7 +19,6 @@ import betterproto2
 
 from wool._errors import (
     NoPoolError,
-    NoWorkersAvailable,
     ProtocolError,
     SerializationError,
     WorkerLost,
@@ -27,7 +26,8 @@ from wool._errors import (
 from wool._serialization import Payload, dumps_payload, loads, loads_exception, too_large
 from wool._tracebacks import raise_remote
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
-from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
+from wool.loadbalancer import CallInfo, LoadBalancerLike, RoundRobinLoadBalancer
+from wool.loadbalancer._select import Selector
 from wool.routine import call_depth
 from wool.transport import (
     DEFAULT_LIMITS,
@@ -76,8 +76,12 @@ class WorkerProxy:
         self.limits = limits
         self._grace = grace
         self._keepalive = keepalive
-        self._wait_for_workers = wait_for_workers
-        self._balancer = loadbalancer if loadbalancer is not None else RoundRobinLoadBalancer()
+        self._selector = Selector(
+            loadbalancer if loadbalancer is not None else RoundRobinLoadBalancer(),
+            wait_for_workers=wait_for_workers,
+            description=description,
+            notify=self._notify,
+        )
         self._clients: dict[str, Client] = {}
         self._closing: list[Client] = []
         self._closed = False
@@ -101,7 +105,6 @@ class WorkerProxy:
             self._forget_client(worker.id)
         self._known[worker.id] = worker
         self._suspects.pop(worker.id, None)
-        self._balancer.add(worker)
         log.debug("worker %s at %s joined %s", worker.id, worker.address, self.description)
         self._notify()
 
@@ -115,7 +118,6 @@ class WorkerProxy:
         if worker_id in self._pinned or self._known.pop(worker_id, None) is None:
             return
         self._suspects.pop(worker_id, None)
-        self._balancer.remove(worker_id)
         self._forget_client(worker_id)
         log.info("worker %s left %s", worker_id, self.description)
         self._notify()
@@ -126,7 +128,6 @@ class WorkerProxy:
         if worker.id in self._known and worker.id not in self._suspects:
             log.warning("worker %s at %s suspended: %s", worker.id, worker.address, reason)
             self._suspects[worker.id] = anyio.current_time()
-            self._balancer.remove(worker.id)
             self._notify()
 
     def suspended_for(self, worker_id: str) -> float:
@@ -147,22 +148,10 @@ class WorkerProxy:
         if client is not None:
             self._closing.append(client)
 
-    async def _choose(self, routine: str) -> WorkerMetadata:
+    def _usable(self, call: CallInfo) -> list[WorkerMetadata]:
         if self._closed:
-            raise NoPoolError(routine, closed=True)
-        worker = self._balancer.choose()
-        if worker is not None:
-            return worker
-        with anyio.move_on_after(self._wait_for_workers):
-            while (worker := self._balancer.choose()) is None:
-                await self._changed.wait()
-                if self._closed:
-                    raise NoPoolError(routine, closed=True)
-            return worker
-        raise NoWorkersAvailable(
-            f"{self.description} has no workers (waited {self._wait_for_workers:g} s); "
-            "check that its workers started and match the pool's tags"
-        )
+            raise NoPoolError(call.routine, closed=True)
+        return self.workers
 
     def _client(self, worker: WorkerMetadata) -> Client:
         client = self._clients.get(worker.id)
@@ -189,7 +178,6 @@ class WorkerProxy:
                 if worker_id in self._suspects:
                     log.info("worker %s answers again; back in rotation", worker_id)
                     del self._suspects[worker_id]
-                    self._balancer.add(worker)
                     self._notify()
 
     async def _close_forgotten(self, *, wait: bool = False) -> None:
@@ -257,14 +245,16 @@ class WorkerProxy:
         *,
         grace: float | None,
         timeout: float | None,
+        tags: frozenset[str] = frozenset(),
     ) -> Any:
         """Run one call on a worker and return its result or raise its exception."""
         grace = self._grace if grace is None else grace
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout)
         assert request.task is not None
+        info = CallInfo(routine, tags, request.task.depth)
         while True:
-            worker = await self._choose(routine)
+            worker = await self._selector.choose(info, self._usable, self.changed)
             client = self._client(worker)
             try:
                 response = await self._portal.run(client.call, request)
@@ -276,6 +266,8 @@ class WorkerProxy:
             except anyio.get_cancelled_exc_class():
                 await self._cancel_remote(client, request.task.id, grace)
                 raise
+            finally:
+                self._selector.release(worker.id, info)
             if self._declined(worker, response):
                 continue
             kind, body = betterproto2.which_one_of(response, "body")
@@ -291,6 +283,7 @@ class WorkerProxy:
         grace: float | None,
         timeout: float | None,
         prefetch: int,
+        tags: frozenset[str] = frozenset(),
     ) -> AsyncGenerator[RemoteGenerator, None]:
         """Open a generator call on a worker; its steps are taken through the yielded object.
 
@@ -300,11 +293,15 @@ class WorkerProxy:
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout, generator=True)
         assert request.task is not None
+        info = CallInfo(routine, tags, request.task.depth, generator=True)
         client: Client | None = None
         call: CallStream | None = None
+        held: WorkerMetadata | None = None
         try:
             while True:
-                worker = await self._choose(routine)
+                if held is not None:
+                    self._selector.release(held.id, info)
+                held = worker = await self._selector.choose(info, self._usable, self.changed)
                 client = self._client(worker)
                 try:
                     call = await self._portal.run(client.open, request)
@@ -329,10 +326,14 @@ class WorkerProxy:
                 await self._cancel_remote(client, request.task.id, grace)
             raise
         finally:
-            if call is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
-                    with contextlib.suppress(ConnectionLost):
-                        await self._portal.run(call.close)
+            try:
+                if call is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                        with contextlib.suppress(ConnectionLost):
+                            await self._portal.run(call.close)
+            finally:
+                if held is not None:
+                    self._selector.release(held.id, info)
 
     def _check_sizes(self, routine: str, function: bytes, arguments: Payload) -> None:
         """Refuse, before sending anything, a call too large for the limits."""
@@ -360,8 +361,6 @@ class WorkerProxy:
 
     async def aclose(self) -> None:
         self._closed = True
-        for worker_id in list(self._known):
-            self._balancer.remove(worker_id)
         self._notify()  # callers waiting for a worker learn that the pool closed
         for worker_id in list(self._clients):
             self._forget_client(worker_id)

@@ -108,6 +108,7 @@ class WorkerProcess:
             tags=self.config.tags,
             version=wool.__version__,
             backend=self.config.backend,
+            capacity=self.config.concurrency,
         )
         log.info(
             "worker %s started (pid %d) at %s",

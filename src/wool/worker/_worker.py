@@ -71,6 +71,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         version=wool_version(),
         backend=config.backend,
         options=(("keepalive", str(config.keepalive)),) if config.keepalive else (),
+        capacity=config.concurrency,
     )
     service.metadata = metadata
     try:
