@@ -164,3 +164,63 @@ def test_the_pool_checks_its_balancer_and_concurrency() -> None:
         wool.WorkerPool(size=1, concurrency=0)
     with pytest.raises(TypeError, match="tags"):
         wool.routine(tags="gpu")  # pyright: ignore[reportArgumentType]
+
+
+def candidate(worker_id: str, load: int, capacity: int | None = None) -> wool.Candidate:
+    worker = wool.WorkerMetadata(id=worker_id, host="127.0.0.1", port=1, capacity=capacity)
+    return wool.Candidate(worker, load)
+
+
+def test_least_loaded_weighs_the_load_by_capacity() -> None:
+    balancer = wool.LeastLoadedLoadBalancer()
+    call = wool.CallInfo("f")
+    # 2 of 4 slots used is less loaded than 1 of 1.
+    chosen = balancer.choose(call, [candidate("small", 1, 1), candidate("big", 2, 4)])
+    assert chosen is not None and chosen.id == "big"
+    # A worker without a limit counts as large as the largest that has one.
+    chosen = balancer.choose(call, [candidate("big", 3, 4), candidate("free", 2)])
+    assert chosen is not None and chosen.id == "free"
+    # Equal workers take turns.
+    equal = [candidate("a", 0), candidate("b", 0)]
+    picks = [balancer.choose(call, equal) for _ in range(4)]
+    assert [w.id for w in picks if w is not None] == ["a", "b", "a", "b"]
+
+
+def test_round_robin_takes_the_candidates_in_turn() -> None:
+    balancer = wool.RoundRobinLoadBalancer()
+    three = [candidate("a", 5), candidate("b", 0), candidate("c", 0)]
+    picks = [balancer.choose(wool.CallInfo("f"), three) for _ in range(4)]
+    assert [w.id for w in picks if w is not None] == ["a", "b", "c", "a"]
+
+
+class OneAtATime:
+    """Makes a call wait while this caller has any call in flight."""
+
+    def __init__(self) -> None:
+        self.waited = 0
+
+    def choose(
+        self, call: wool.CallInfo, candidates: Sequence[wool.Candidate]
+    ) -> wool.WorkerMetadata | None:
+        if any(c.load for c in candidates):
+            self.waited += 1
+            return None
+        return candidates[0].worker
+
+
+async def test_a_call_the_balancer_makes_wait_goes_once_a_call_ends(tmp_path: Path) -> None:
+    balancer = OneAtATime()
+    async with wool.WorkerPool(size=2, loadbalancer=balancer) as pool:
+        results: list[int] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gate, str(tmp_path / "started"), str(tmp_path / "release"))
+            await wait_for_file(tmp_path / "started")
+
+            async def second() -> None:
+                results.append(await pid())
+
+            tg.start_soon(second)
+            await anyio.wait_all_tasks_blocked()
+            assert balancer.waited >= 1 and not results
+            (tmp_path / "release").write_text("go")
+        assert results == [pool.workers[0].pid]
