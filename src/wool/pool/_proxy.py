@@ -301,6 +301,7 @@ class WorkerProxy:
             while True:
                 if held is not None:
                     self._selector.release(held.id, info)
+                    held = None
                 held = worker = await self._selector.choose(info, self._usable, self.changed)
                 client = self._client(worker)
                 try:
