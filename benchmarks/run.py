@@ -5,6 +5,8 @@ What is measured, for a ``wool.WorkerPool(size=2)`` and a trivial ``add(x, y)`` 
 - sequential latency: median and p99 (ms) of ``--calls`` calls awaited one after the other,
   after a warm-up;
 - throughput: calls/s of ``--concurrent`` calls all started at once in one task group;
+- balance (``benchmarks/balance.py``): uneven calls (100 ms and 1 ms of CPU-bound work) on
+  2 workers, total seconds under round robin and under least loaded, and their ratio;
 
 each under an asyncio caller (``asyncio.run``, default event loop, not uvloop) and under a
 trio caller (``trio.run``; the pool's workers then run trio too).
@@ -1543,6 +1545,15 @@ def main(argv: list[str] | None = None) -> None:
         f"({'met' if tls['met'] else 'NOT met'}: at most {TLS_LATENCY_RATIO_MAX}x), "
         f"throughput {tls['throughput_ratio']:.2f}x"
     )
+    from balance import measure as measure_balance  # a script's directory is on sys.path
+
+    pairs = 10 if args.quick else 20
+    _log(f"balance: {2 * pairs} calls of 100 ms and 1 ms, alternating (pool of 2)")
+    balance = asyncio.run(measure_balance(pairs, 1 if args.quick else 3))
+    _log(
+        f"balance: round robin {balance['round_robin_s']:.3f} s, least loaded "
+        f"{balance['least_loaded_s']:.3f} s ({balance['speedup']:.2f}x)"
+    )
     report = _report(
         args,
         floor,
@@ -1565,6 +1576,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     report["tls"] = tls
+    report["balance"] = balance
     print(json.dumps(report), flush=True)
 
 

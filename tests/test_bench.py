@@ -57,7 +57,7 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
     report = json.loads(lines[-1])
 
     sections = {"floor", "grpclib", "asyncio", "trio", "cancel", "worker_loss", "targets"}
-    sections |= {"targets_met", "stream", "echo"}
+    sections |= {"targets_met", "stream", "echo", "balance"}
     assert sections | {"targets_relative", "targets_relative_met"} <= set(report)
     assert report["quick"] is True
 
@@ -169,6 +169,12 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
         assert stats["mb_per_s_ratio"] == pytest.approx(
             stats["wool_mb_per_s"] / stats["floor_mb_per_s"], rel=2e-3, abs=1e-3
         ), (name, stats)
+
+    balance = report["balance"]
+    _positive_numbers(balance, "balance")
+    assert balance["speedup"] == pytest.approx(
+        balance["round_robin_s"] / balance["least_loaded_s"], rel=0.01
+    ), balance
 
     targets = report["targets"]
     _positive_numbers(targets, "targets")

@@ -32,18 +32,27 @@ from wool.discovery import (
     WorkerFilter,
     WorkerMetadata,
 )
-from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
+from wool.loadbalancer import (
+    CallInfo,
+    Candidate,
+    LeastLoadedLoadBalancer,
+    LoadBalancerLike,
+    RoundRobinLoadBalancer,
+)
 from wool.pool import WorkerPool
 from wool.routine import Routine, routine
 from wool.security import WorkerCredentials
 
 __all__ = [
+    "CallInfo",
+    "Candidate",
     "DiscoveryEvent",
     "DiscoveryLike",
     "DiscoveryPublisherLike",
     "DnsDiscovery",
     "EventKind",
     "LanDiscovery",
+    "LeastLoadedLoadBalancer",
     "LoadBalancerLike",
     "LocalDiscovery",
     "NoPoolError",

@@ -155,6 +155,7 @@ def _service(worker: WorkerMetadata, namespace: str) -> AsyncServiceInfo:
         "backend": worker.backend,
         "pid": str(worker.pid),
         "tls": "1" if worker.secure else "0",
+        **({"cap": str(worker.capacity)} if worker.capacity is not None else {}),
         **{f"opt.{key}": value for key, value in worker.options},
     }
     return AsyncServiceInfo(
@@ -181,6 +182,7 @@ def _metadata(info: AsyncServiceInfo, namespace: str) -> WorkerMetadata | None:
         version=txt.get("version", ""),
         backend=txt.get("backend", ""),
         secure=txt.get("tls") == "1",
+        capacity=int(txt["cap"]) if txt.get("cap", "").isdigit() else None,
         options=tuple(sorted((k[4:], v) for k, v in txt.items() if k.startswith("opt."))),
     )
 

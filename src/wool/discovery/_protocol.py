@@ -43,6 +43,9 @@ class WorkerMetadata:
     secure: bool = False
     #: Transport settings callers should use with this worker (e.g. ``keepalive``).
     options: tuple[tuple[str, str], ...] = ()
+    #: Root calls the worker runs at once (``wool worker --concurrency``); more wait in its
+    #: queue. None when it sets no limit. Callers keep root calls beyond it waiting.
+    capacity: int | None = None
 
     @property
     def address(self) -> str:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from wool.loadbalancer._roundrobin import LoadBalancerLike, RoundRobinLoadBalancer
+from wool.loadbalancer._protocol import CallInfo, Candidate, LoadBalancerLike
+from wool.loadbalancer._roundrobin import LeastLoadedLoadBalancer, RoundRobinLoadBalancer
 
-__all__ = ["LoadBalancerLike", "RoundRobinLoadBalancer"]
+__all__ = [
+    "CallInfo",
+    "Candidate",
+    "LeastLoadedLoadBalancer",
+    "LoadBalancerLike",
+    "RoundRobinLoadBalancer",
+]

@@ -1,58 +1,57 @@
-"""Choosing the worker for each call."""
+"""The built-in balancers: round robin (the default) and least loaded."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
 
 from wool.discovery import WorkerMetadata
+from wool.loadbalancer._protocol import CallInfo, Candidate
 
-__all__ = ["LoadBalancerLike", "RoundRobinLoadBalancer"]
-
-
-@runtime_checkable
-class LoadBalancerLike(Protocol):
-    """Keeps the set of usable workers and picks one per call."""
-
-    def add(self, worker: WorkerMetadata) -> None:
-        """A worker joined or changed its metadata."""
-        ...
-
-    def remove(self, worker_id: str) -> None:
-        """A worker left or was found dead; unknown ids are ignored."""
-        ...
-
-    def choose(self) -> WorkerMetadata | None:
-        """The worker for the next call, or None when there is none."""
-        ...
+__all__ = ["LeastLoadedLoadBalancer", "RoundRobinLoadBalancer"]
 
 
 class RoundRobinLoadBalancer:
-    """Cycles through the workers in the order they joined (the default load balancer).
+    """Takes the candidates in turn (the default load balancer).
 
-    Implements :class:`~wool.LoadBalancerLike`; ``len()`` is the number of workers it has.
+    The reference implementation of :class:`~wool.LoadBalancerLike`. :meth:`choose` is
+    given the usable workers for each call, so the balancer keeps no list of its own: a
+    worker that joins, leaves or is suspended is simply among the candidates or not. A
+    worker at its capacity is not a candidate for a root call, so round robin skips
+    full workers, and a root call waits in the caller while every worker is full.
     """
 
     def __init__(self) -> None:
-        self._workers: dict[str, WorkerMetadata] = {}
-        self._order: list[str] = []
-        self._next = 0
+        self._turn = 0
 
-    def add(self, worker: WorkerMetadata) -> None:
-        if worker.id not in self._workers:
-            self._order.append(worker.id)
-        self._workers[worker.id] = worker
+    def choose(self, call: CallInfo, candidates: Sequence[Candidate]) -> WorkerMetadata | None:
+        """The candidate after the one chosen last time (in the order given).
 
-    def remove(self, worker_id: str) -> None:
-        if self._workers.pop(worker_id, None) is not None:
-            self._order.remove(worker_id)
+        Never returns None: it does not make calls wait beyond what the pool does.
+        """
+        self._turn %= len(candidates)
+        chosen = candidates[self._turn]
+        self._turn += 1
+        return chosen.worker
 
-    def choose(self) -> WorkerMetadata | None:
-        if not self._order:
-            return None
-        self._next %= len(self._order)
-        worker = self._workers[self._order[self._next]]
-        self._next += 1
-        return worker
 
-    def __len__(self) -> int:
-        return len(self._order)
+class LeastLoadedLoadBalancer:
+    """Sends each call to the worker with the fewest calls in flight from this caller,
+    relative to its advertised capacity (``wool worker --concurrency``).
+
+    A worker's share is ``load / capacity``; a worker that advertises no limit counts as
+    large as the largest capacity among the candidates (1 when none advertises one). Ties
+    go to the worker after the one chosen last, so equal workers take turns. Only this
+    caller's calls are counted: other callers' calls on the same workers are not seen.
+    """
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def choose(self, call: CallInfo, candidates: Sequence[Candidate]) -> WorkerMetadata | None:
+        """The least loaded candidate; never None."""
+        largest = max((c.worker.capacity or 0 for c in candidates), default=0) or 1
+        start = self._turn % len(candidates)
+        ordered = [*candidates[start:], *candidates[:start]]
+        chosen = min(ordered, key=lambda c: c.load / (c.worker.capacity or largest))
+        self._turn = candidates.index(chosen) + 1
+        return chosen.worker

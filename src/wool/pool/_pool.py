@@ -65,7 +65,11 @@ class WorkerPool:
         start_timeout: seconds a worker may take to start before the pool gives up.
         imports: modules every worker imports before it serves (to warm heavy imports,
             or fail fast at start-up when they are broken).
-        loadbalancer: picks the worker for each call; round robin by default.
+        loadbalancer: chooses the worker for each call (any ``wool.LoadBalancerLike``);
+            ``wool.RoundRobinLoadBalancer`` by default. See ``docs/loadbalancing.md``.
+        concurrency: root calls each spawned worker runs at once (as ``wool worker
+            --concurrency``); None for no limit. Workers advertise it, and callers hold
+            root calls beyond it until a slot frees. Nested calls are never limited.
         log_level: logging level of the worker processes.
         max_message_size: bytes in one message on the wire; larger arguments, results and
             items travel in chunks of this size. Workers the pool spawns use the same.
@@ -93,9 +97,10 @@ class WorkerPool:
     Raises:
         ValueError: an argument is out of range (``size`` < 1, a ``backend`` other than
             ``"asyncio"`` or ``"trio"``, a negative or infinite ``grace``, a ``keepalive``
-            that is not > 0); raised by the constructor.
-        TypeError: ``discovery`` does not implement ``wool.DiscoveryLike``, or a tag is not
-            a non-empty string; raised by the constructor.
+            that is not > 0, a ``concurrency`` < 1); raised by the constructor.
+        TypeError: ``discovery`` does not implement ``wool.DiscoveryLike``, ``loadbalancer``
+            does not implement ``wool.LoadBalancerLike``, or a tag is not a non-empty
+            string; raised by the constructor.
         wool.WorkerStartError: entering: a spawned worker failed to start within
             ``start_timeout`` (an import in ``imports`` failed, the process died); its
             traceback is attached. Every worker already started has been stopped.
@@ -115,6 +120,7 @@ class WorkerPool:
         start_timeout: float = 60.0,
         imports: tuple[str, ...] | list[str] = (),
         loadbalancer: LoadBalancerLike | None = None,
+        concurrency: int | None = None,
         log_level: int | None = None,
         max_message_size: int = DEFAULT_LIMITS.max_message,
         max_payload_size: int = DEFAULT_LIMITS.max_payload,
@@ -129,6 +135,12 @@ class WorkerPool:
             _check_discovery(discovery)
         if loadbalancer is not None:
             _check_loadbalancer(loadbalancer)
+        if concurrency is not None and not (
+            isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 1  # pyright: ignore[reportUnnecessaryIsInstance]
+        ):
+            raise ValueError(
+                f"concurrency must be a whole number >= 1 or None, got {concurrency!r}"
+            )
         if backend not in (None, "asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
         if not math.isfinite(grace) or grace < 0:
@@ -157,6 +169,7 @@ class WorkerPool:
             log_level if log_level is not None else logging.getLogger("wool").getEffectiveLevel()
         )
         self._loadbalancer = loadbalancer
+        self.concurrency = concurrency
         self._portal: Portal | None = None
         self._processes: list[WorkerProcess] = []
         self._spawned = 0
@@ -196,6 +209,7 @@ class WorkerPool:
             limits=self.limits,
             credentials=self.credentials,
             insecure=self.insecure,
+            concurrency=self.concurrency,
         )
         try:
             await self._spawn_all()
@@ -441,11 +455,9 @@ def _check_loadbalancer(balancer: object) -> None:
             f"loadbalancer must be an instance, got the class {balancer.__name__}; "
             f"pass {balancer.__name__}()"
         )
-    missing = [m for m in ("add", "remove", "choose") if not callable(getattr(balancer, m, None))]
-    if missing:
+    if not callable(getattr(balancer, "choose", None)):
         hint = " (a function is not a load balancer)" if callable(balancer) else ""
         raise TypeError(
-            "loadbalancer must implement wool.LoadBalancerLike: add(worker), "
-            f"remove(worker_id) and choose(); {type(balancer).__name__} has no "
-            f"{', '.join(f'{m}()' for m in missing)}{hint}"
+            "loadbalancer must implement wool.LoadBalancerLike: choose(call, candidates); "
+            f"{type(balancer).__name__} has no choose(){hint}"
         )

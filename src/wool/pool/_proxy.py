@@ -6,10 +6,8 @@ import contextlib
 import functools
 import itertools
 import logging
-import math
 import os
 import uuid
-from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -19,17 +17,16 @@ import betterproto2
 
 from wool._errors import (
     NoPoolError,
-    NoWorkersAvailable,
-    ProtocolError,
     SecurityError,
     SerializationError,
     WorkerLost,
 )
-from wool._serialization import Payload, dumps_payload, loads, loads_exception, too_large
-from wool._tracebacks import raise_remote
+from wool._serialization import Payload, too_large
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
-from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
+from wool.loadbalancer import CallInfo, LoadBalancerLike, RoundRobinLoadBalancer
+from wool.loadbalancer._select import Selector
 from wool.pool._admission import refusal
+from wool.pool._remote import RemoteGenerator, outcome
 from wool.routine import call_depth
 from wool.security import WorkerCredentials
 from wool.transport import (
@@ -43,8 +40,6 @@ from wool.transport import (
     RejectedReason,
     Request,
     Response,
-    Step,
-    StepKind,
     Task,
     Unreachable,
 )
@@ -85,8 +80,12 @@ class WorkerProxy:
         self.limits = limits
         self._grace = grace
         self._keepalive = keepalive
-        self._wait_for_workers = wait_for_workers
-        self._balancer = loadbalancer if loadbalancer is not None else RoundRobinLoadBalancer()
+        self._selector = Selector(
+            loadbalancer if loadbalancer is not None else RoundRobinLoadBalancer(),
+            wait_for_workers=wait_for_workers,
+            description=description,
+            notify=self._notify,
+        )
         self._clients: dict[str, Client] = {}
         self._closing: list[Client] = []
         self._closed = False
@@ -115,7 +114,6 @@ class WorkerProxy:
             self._forget_client(worker.id)
         self._known[worker.id] = worker
         self._suspects.pop(worker.id, None)
-        self._balancer.add(worker)
         log.debug("worker %s at %s joined %s", worker.id, worker.address, self.description)
         self._notify()
 
@@ -133,7 +131,6 @@ class WorkerProxy:
         self._refused[worker.id] = error
         if self._known.pop(worker.id, None) is not None:
             self._suspects.pop(worker.id, None)
-            self._balancer.remove(worker.id)
             self._forget_client(worker.id)
         self._notify()
 
@@ -147,7 +144,6 @@ class WorkerProxy:
         if worker_id in self._pinned or self._known.pop(worker_id, None) is None:
             return
         self._suspects.pop(worker_id, None)
-        self._balancer.remove(worker_id)
         self._forget_client(worker_id)
         log.info("worker %s left %s", worker_id, self.description)
         self._notify()
@@ -158,7 +154,6 @@ class WorkerProxy:
         if worker.id in self._known and worker.id not in self._suspects:
             log.warning("worker %s at %s suspended: %s", worker.id, worker.address, reason)
             self._suspects[worker.id] = anyio.current_time()
-            self._balancer.remove(worker.id)
             self._notify()
 
     def suspended_for(self, worker_id: str) -> float:
@@ -179,24 +174,13 @@ class WorkerProxy:
         if client is not None:
             self._closing.append(client)
 
-    async def _choose(self, routine: str) -> WorkerMetadata:
+    def _usable(self, call: CallInfo) -> list[WorkerMetadata]:
         if self._closed:
-            raise NoPoolError(routine, closed=True)
-        worker = self._balancer.choose()
-        if worker is not None:
-            return worker
-        with anyio.move_on_after(self._wait_for_workers):
-            while (worker := self._balancer.choose()) is None:
-                if self._refused:  # nothing to wait for: say why instead
-                    raise next(reversed(self._refused.values()))
-                await self._changed.wait()
-                if self._closed:
-                    raise NoPoolError(routine, closed=True)
-            return worker
-        raise NoWorkersAvailable(
-            f"{self.description} has no workers (waited {self._wait_for_workers:g} s); "
-            "check that its workers started and match the pool's tags"
-        )
+            raise NoPoolError(call.routine, closed=True)
+        workers = self.workers
+        if not workers and self._refused:  # nothing to wait for: say why instead
+            raise next(reversed(self._refused.values()))
+        return workers
 
     def _client(self, worker: WorkerMetadata) -> Client:
         client = self._clients.get(worker.id)
@@ -233,7 +217,6 @@ class WorkerProxy:
                 if worker_id in self._suspects:
                     log.info("worker %s answers again; back in rotation", worker_id)
                     del self._suspects[worker_id]
-                    self._balancer.add(worker)
                     self._notify()
 
     async def reconcile(self, stale: set[str], reported: set[str]) -> None:
@@ -319,14 +302,16 @@ class WorkerProxy:
         *,
         grace: float | None,
         timeout: float | None,
+        tags: frozenset[str] = frozenset(),
     ) -> Any:
         """Run one call on a worker and return its result or raise its exception."""
         grace = self._grace if grace is None else grace
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout)
         assert request.task is not None
+        info = CallInfo(routine, tags, request.task.depth)
         while True:
-            worker = await self._choose(routine)
+            worker = await self._selector.choose(info, self._usable, self.changed)
             client = self._client(worker)
             try:
                 response = await self._portal.run(client.call, request)
@@ -341,10 +326,12 @@ class WorkerProxy:
             except anyio.get_cancelled_exc_class():
                 await self._cancel_remote(client, request.task.id, grace)
                 raise
+            finally:
+                self._selector.release(worker.id, info)
             if self._declined(worker, response):
                 continue
             kind, body = betterproto2.which_one_of(response, "body")
-            return await _outcome(kind, body, routine, worker)
+            return await outcome(kind, body, routine, worker)
 
     @asynccontextmanager
     async def generator(
@@ -356,6 +343,7 @@ class WorkerProxy:
         grace: float | None,
         timeout: float | None,
         prefetch: int,
+        tags: frozenset[str] = frozenset(),
     ) -> AsyncGenerator[RemoteGenerator, None]:
         """Open a generator call on a worker; its steps are taken through the yielded object.
 
@@ -365,11 +353,16 @@ class WorkerProxy:
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout, generator=True)
         assert request.task is not None
+        info = CallInfo(routine, tags, request.task.depth, generator=True)
         client: Client | None = None
         call: CallStream | None = None
+        held: WorkerMetadata | None = None
         try:
             while True:
-                worker = await self._choose(routine)
+                if held is not None:
+                    self._selector.release(held.id, info)
+                    held = None
+                held = worker = await self._selector.choose(info, self._usable, self.changed)
                 client = self._client(worker)
                 try:
                     call = await self._portal.run(client.open, request)
@@ -404,10 +397,14 @@ class WorkerProxy:
                 await self._cancel_remote(client, request.task.id, grace)
             raise
         finally:
-            if call is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
-                    with contextlib.suppress(ConnectionLost):
-                        await self._portal.run(call.close)
+            try:
+                if call is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                        with contextlib.suppress(ConnectionLost):
+                            await self._portal.run(call.close)
+            finally:
+                if held is not None:
+                    self._selector.release(held.id, info)
 
     def _check_sizes(self, routine: str, function: bytes, arguments: Payload) -> None:
         """Refuse, before sending anything, a call too large for the limits."""
@@ -435,210 +432,10 @@ class WorkerProxy:
 
     async def aclose(self) -> None:
         self._closed = True
-        for worker_id in list(self._known):
-            self._balancer.remove(worker_id)
         self._notify()  # callers waiting for a worker learn that the pool closed
         for worker_id in list(self._clients):
             self._forget_client(worker_id)
         await self._close_forgotten(wait=True)
-
-
-async def _outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -> Any:
-    if kind == "result":
-        try:
-            return loads(body)
-        except Exception as exc:
-            raise SerializationError(
-                f"the value returned by {routine!r} cannot be unpickled here: {exc}"
-            ) from exc
-    if kind == "failure":
-        raise_remote(loads_exception(body.exception, body.type, body.message, body.traceback))
-    if kind == "cancelled":
-        if body.deadline:
-            # The worker ran out the caller's own deadline first; the caller's scope is
-            # about to expire too, and that is what the caller must see.
-            deadline = anyio.current_effective_deadline()
-            if deadline != float("inf"):
-                await anyio.sleep_until(deadline)
-                await anyio.lowlevel.checkpoint()
-            raise TimeoutError(f"{routine!r} ran out of time on worker {worker.id}")
-        raise WorkerLost(
-            f"worker {worker.id} at {worker.address} stopped and cancelled {routine!r}",
-            worker=worker.id,
-            routine=routine,
-        )
-    if kind == "rejected":
-        if body.reason == RejectedReason.EXPIRED:
-            return await _outcome("cancelled", _Deadline, routine, worker)
-        raise ProtocolError(f"worker {worker.id} refused {routine!r}: {body.detail}")
-    raise ProtocolError(f"worker {worker.id} sent an unknown answer for {routine!r}: {kind!r}")
-
-
-class _Deadline:
-    deadline = True
-
-
-class RemoteGenerator:
-    """The caller's handle on an async generator running on a worker.
-
-    Items come in the order the generator yields them. While the caller only asks for
-    the next item, the worker is granted up to ``window`` items beyond the one asked for,
-    topped up as they are consumed; SEND, THROW and CLOSE are exact steps (see ``Step`` in
-    the protocol).
-    """
-
-    def __init__(
-        self,
-        proxy: WorkerProxy,
-        call: CallStream,
-        routine: str,
-        worker: WorkerMetadata,
-        window: int,
-    ) -> None:
-        self._proxy = proxy
-        self._call = call
-        self._routine = routine
-        self._worker = worker
-        self._window = window
-        self._buffer: deque[bytes] = deque()
-        self._granted = 0  # items granted that have not arrived
-        self._final: Response | None = None
-
-    async def start(self) -> Response:
-        """Ask for the first item (and the window after it); return the first answer."""
-        await self._grant(self._window + 1, _time_left())
-        response = await self._receive()
-        self._take(response)
-        return response
-
-    async def next(self) -> tuple[bool, Any]:
-        while not self._buffer:
-            if self._final is not None:
-                return await self._conclude(self._final)
-            if not self._granted:
-                # The worker is idle: the first item granted is this caller's, and only
-                # its step runs under this caller's deadline.
-                await self._grant(self._window + 1, _time_left())
-            self._take(await self._receive())
-        data = self._buffer.popleft()
-        ahead = self._granted + len(self._buffer)
-        # Top up once a quarter of the window is used: the worker keeps producing while
-        # the grant travels.
-        if self._final is None and self._window and ahead <= self._window - self._window // 4:
-            await self._grant(self._window - ahead)
-        return False, self._load(data)
-
-    async def control(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]:
-        self._buffer.clear()  # items read ahead past the point this step applies at
-        self._granted = 0
-        if self._final is not None:
-            return self._too_late(kind, value)
-        await self._send(
-            Step(
-                kind=kind,
-                value=b"" if kind == StepKind.CLOSE else _dumps_value(value, self._proxy.limits),
-                timeout=_time_left(),
-            )
-        )
-        while True:
-            response = await self._receive()
-            if response.items is not None:
-                continue  # produced before the step took effect
-            if response.item is not None:
-                return False, self._load(response.item)
-            self._final = response
-            if self._window and not self._answers(kind, value, response):
-                # The generator ended while reading ahead, before the step arrived.
-                return self._too_late(kind, value)
-            return await self._conclude(response)
-
-    @staticmethod
-    def _answers(kind: StepKind, value: Any, response: Response) -> bool:
-        """Whether a read-ahead generator's final response is what the step did to it.
-
-        Such a generator catches nothing at its yields: a throw it took raises the thrown
-        exception, and a close it took ends it quietly."""
-        if kind == StepKind.THROW:
-            failed = response.failure
-            return failed is not None and failed.type == _type_name(value)
-        return response.exhausted is not None
-
-    def _too_late(self, kind: StepKind, value: Any) -> tuple[bool, Any]:
-        """A step for a generator that ran to its end ahead of the caller: a thrown
-        exception propagates, as it would from a generator that does not catch it, and a
-        close succeeds."""
-        if kind == StepKind.THROW:
-            raise_remote(value)
-        return True, None
-
-    async def close(self) -> None:
-        """Close the remote generator; returns once its ``finally`` blocks have run."""
-        await self.control(StepKind.CLOSE)
-
-    def _take(self, response: Response) -> None:
-        items = response.items
-        if items is not None:
-            self._buffer.extend(items.values)
-            self._granted = max(0, self._granted - len(items.values))
-        elif response.item is not None:
-            raise ProtocolError(
-                f"worker {self._worker.id} answered a step of {self._routine!r} it was not sent"
-            )
-        else:
-            self._final = response
-            self._granted = 0
-
-    async def _conclude(self, response: Response) -> tuple[bool, Any]:
-        kind, body = betterproto2.which_one_of(response, "body")
-        if kind == "exhausted":
-            return True, None
-        return True, await _outcome(kind, body, self._routine, self._worker)
-
-    def _load(self, data: bytes) -> Any:
-        try:
-            return loads(data)
-        except Exception as exc:
-            raise SerializationError(
-                f"a value yielded by {self._routine!r} cannot be unpickled here: {exc}"
-            ) from exc
-
-    async def _grant(self, count: int, timeout: float | None = None) -> None:
-        await self._send(Step(kind=StepKind.NEXT, count=count, timeout=timeout))
-        self._granted += count
-
-    async def _send(self, step: Step) -> None:
-        try:
-            await self._proxy._portal.run(self._call.send, Request(step=step))
-        except ConnectionLost as exc:
-            raise self._proxy._lost(self._worker, self._routine, exc) from exc
-
-    async def _receive(self) -> Response:
-        try:
-            return await self._proxy._portal.run(self._call.receive)
-        except ConnectionLost as exc:
-            raise self._proxy._lost(self._worker, self._routine, exc) from exc
-
-
-def _time_left() -> float | None:
-    """Seconds until the current task's deadline, None without one."""
-    deadline = anyio.current_effective_deadline()
-    return None if deadline == math.inf else deadline - anyio.current_time()
-
-
-def _type_name(value: object) -> str:
-    return f"{type(value).__module__}.{type(value).__qualname__}"
-
-
-def _dumps_value(value: Any, limits: Limits) -> bytes:
-    try:
-        data = dumps_payload(value)
-    except Exception as exc:
-        raise SerializationError(
-            f"the value sent ({type(value).__name__}) cannot be pickled: {exc}"
-        ) from exc
-    if len(data) > limits.max_payload:
-        raise too_large(f"the value sent ({type(value).__name__})", len(data), limits.max_payload)
-    return cast(bytes, data)  # a Payload in a bytes field: see framing.split
 
 
 class open_proxy:

@@ -29,6 +29,7 @@ class Dispatcher(Protocol):
         *,
         grace: float | None,
         timeout: float | None,
+        tags: frozenset[str] = ...,
     ) -> Any: ...
 
     def generator(
@@ -40,6 +41,7 @@ class Dispatcher(Protocol):
         grace: float | None,
         timeout: float | None,
         prefetch: int,
+        tags: frozenset[str] = ...,
     ) -> AbstractAsyncContextManager[RemoteGeneratorLike]: ...
 
 

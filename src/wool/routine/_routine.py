@@ -8,7 +8,7 @@ import importlib
 import inspect
 import math
 import sys
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from types import MethodType
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
@@ -64,7 +64,12 @@ class Routine(Generic[P, T]):
     __wrapped__: Callable[P, Coroutine[Any, Any, T]]
 
     def __init__(
-        self, fn: Any, *, grace: float | None = None, prefetch: int = DEFAULT_PREFETCH
+        self,
+        fn: Any,
+        *,
+        grace: float | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+        tags: frozenset[str] | set[str] | tuple[str, ...] | list[str] = frozenset(),
     ) -> None:
         kind: _Kind = "function"
         if isinstance(fn, classmethod):
@@ -83,6 +88,8 @@ class Routine(Generic[P, T]):
                 f"got {prefetch!r}"
             )
         functools.update_wrapper(self, fn)
+        #: Hints for the pool's load balancer (``CallInfo.tags``); they are not sent.
+        self.tags = _tags(tags)
         self._name: str = fn.__qualname__
         self._fn = fn
         self._kind = kind
@@ -126,7 +133,12 @@ class Routine(Generic[P, T]):
         dispatcher, function, arguments, timeout = self._prepare(args, kwargs)
         try:
             return await dispatcher.call(
-                self._name, function, arguments, grace=self._grace, timeout=timeout
+                self._name,
+                function,
+                arguments,
+                grace=self._grace,
+                timeout=timeout,
+                tags=self.tags,
             )
         except BaseException as exc:
             hide_dispatch_frames(exc)
@@ -144,7 +156,13 @@ class Routine(Generic[P, T]):
         window = self._window
         try:
             async with dispatcher.generator(
-                self._name, function, arguments, grace=self._grace, timeout=timeout, prefetch=window
+                self._name,
+                function,
+                arguments,
+                grace=self._grace,
+                timeout=timeout,
+                prefetch=window,
+                tags=self.tags,
             ) as remote:
                 done, item = await remote.next()
                 while not done:
@@ -190,6 +208,12 @@ class Routine(Generic[P, T]):
         return f"<wool.routine {self._fn.__module__}.{self._name}>"
 
 
+def _tags(tags: Iterable[str]) -> frozenset[str]:
+    if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"tags must be a collection of non-empty strings, got {tags!r}")
+    return frozenset(tags)
+
+
 def _resolve(module: str, qualname: str) -> Any:
     obj: Any = sys.modules.get(module) or importlib.import_module(module)
     for part in qualname.split("."):
@@ -212,11 +236,21 @@ def routine(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, Coroutine
 
 
 @overload
-def routine(*, grace: float | None = None, prefetch: int = DEFAULT_PREFETCH) -> _Decorator: ...
+def routine(
+    *,
+    grace: float | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+    tags: frozenset[str] | set[str] | tuple[str, ...] | list[str] = frozenset(),
+) -> _Decorator: ...
 
 
 def routine(
-    fn: Any = None, /, *, grace: float | None = None, prefetch: int = DEFAULT_PREFETCH
+    fn: Any = None,
+    /,
+    *,
+    grace: float | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+    tags: frozenset[str] | set[str] | tuple[str, ...] | list[str] = frozenset(),
 ) -> Any:
     """Make an ``async def`` function (or method) run on the current pool's workers.
 
@@ -232,6 +266,10 @@ def routine(
       always stepped exactly, so ``asend`` and ``athrow`` reach them at the ``yield`` they
       would locally. Read-ahead never changes what the program observes; ``aclose`` and
       ``athrow`` wait for a step run ahead to reach its ``yield`` and apply there.
+    - ``tags``: labels for the pool's load balancer, which sees them in
+      ``CallInfo.tags`` with the routine's name (e.g. to send every ``"gpu"`` routine
+      to the workers started with that tag; see ``docs/loadbalancing.md``). They are
+      hints only: nothing is sent, and the default balancers ignore them.
 
     Works on functions and on instance, class and static methods (put ``@wool.routine``
     above or below ``@classmethod``/``@staticmethod``). The function, its arguments, its
@@ -239,13 +277,15 @@ def routine(
     call raises is listed under :class:`Routine`.
 
     Raises:
-        TypeError: ``fn`` is not an ``async def`` function or async generator function.
+        TypeError: ``fn`` is not an ``async def`` function or async generator function, or
+            ``tags`` is a string or holds something other than non-empty strings.
         ValueError: ``grace`` is not a finite number of seconds >= 0, or ``prefetch`` is not
             a whole number from 0 to 2**20.
     """
     if fn is None:
-        return lambda f: Routine(f, grace=grace, prefetch=prefetch)
-    return Routine(fn, grace=grace, prefetch=prefetch)
+        _tags(tags)  # fails at the decorator's call, not at its application
+        return lambda f: Routine(f, grace=grace, prefetch=prefetch, tags=tags)
+    return Routine(fn, grace=grace, prefetch=prefetch, tags=tags)
 
 
 class _Decorator(Protocol):

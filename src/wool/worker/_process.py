@@ -109,6 +109,7 @@ class WorkerProcess:
             version=wool.__version__,
             backend=self.config.backend,
             secure=self.config.credentials is not None,
+            capacity=self.config.concurrency,
         )
         log.info(
             "worker %s started (pid %d) at %s",

@@ -74,6 +74,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
         backend=config.backend,
         secure=config.credentials is not None,
         options=_options(config),
+        capacity=config.concurrency,
     )
     service.metadata = metadata
     try:

@@ -1,0 +1,34 @@
+"""Routines for the load-balancing tests: importable, so workers load them by reference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+
+import wool
+
+
+@wool.routine
+async def gate(started: str, release: str) -> int:
+    """Write this worker's pid to ``started``, then hold the worker until ``release`` exists."""
+    Path(started).write_text(str(os.getpid()))
+    while not os.path.exists(release):
+        await anyio.sleep(0.01)
+    return os.getpid()
+
+
+@wool.routine
+async def pid() -> int:
+    return os.getpid()
+
+
+@wool.routine(tags={"first"})
+async def tagged_pid() -> int:
+    return os.getpid()
+
+
+@wool.routine
+async def second_pid() -> int:
+    return os.getpid()

@@ -1,0 +1,226 @@
+"""Load balancing end to end: the balancer sees the call and the loads; capacity holds
+root calls in the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+import wool
+from wool.discovery._lan import _metadata, _service  # pyright: ignore[reportPrivateUsage]
+
+from .lb_routines import gate, pid, second_pid, tagged_pid
+
+pytestmark = pytest.mark.anyio
+
+
+async def wait_for_file(path: Path) -> int:
+    """The pid a ``gate`` call wrote once it started."""
+    with anyio.fail_after(30):
+        while not path.exists() or not path.read_text():
+            await anyio.sleep(0.01)
+    return int(path.read_text())
+
+
+class ByRoutine:
+    """Routes by tag and by name, to the candidates in order of worker id."""
+
+    def __init__(self) -> None:
+        self.calls: list[wool.CallInfo] = []
+
+    def choose(
+        self, call: wool.CallInfo, candidates: Sequence[wool.Candidate]
+    ) -> wool.WorkerMetadata | None:
+        self.calls.append(call)
+        ordered = sorted((c.worker for c in candidates), key=lambda w: w.id)
+        if "first" in call.tags:
+            return ordered[0]
+        if call.routine == "second_pid":
+            return ordered[-1]
+        return ordered[0]
+
+
+async def test_a_balancer_routes_by_tag_and_by_routine_name() -> None:
+    balancer = ByRoutine()
+    async with wool.WorkerPool(size=2, loadbalancer=balancer) as pool:
+        first, second = sorted(pool.workers, key=lambda w: w.id)
+        assert [await tagged_pid() for _ in range(4)] == [first.pid] * 4
+        assert [await second_pid() for _ in range(4)] == [second.pid] * 4
+    assert balancer.calls[0] == wool.CallInfo("tagged_pid", frozenset({"first"}), 0)
+    assert balancer.calls[-1] == wool.CallInfo("second_pid", frozenset(), 0)
+
+
+async def test_least_loaded_sends_calls_to_the_idle_worker(tmp_path: Path) -> None:
+    async with wool.WorkerPool(size=2, loadbalancer=wool.LeastLoadedLoadBalancer()) as pool:
+        release = tmp_path / "release"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gate, str(tmp_path / "busy"), str(release))
+            busy = await wait_for_file(tmp_path / "busy")
+            idle = next(w.pid for w in pool.workers if w.pid != busy)
+            assert [await pid() for _ in range(4)] == [idle] * 4
+            release.write_text("go")
+
+
+async def test_workers_advertise_their_capacity() -> None:
+    async with wool.WorkerPool(size=1, concurrency=3) as pool:
+        assert [w.capacity for w in pool.workers] == [3]
+    async with wool.WorkerPool(size=1) as pool:
+        assert [w.capacity for w in pool.workers] == [None]
+
+
+def test_lan_discovery_carries_the_capacity() -> None:
+    worker = wool.WorkerMetadata(id="w", host="127.0.0.1", port=1, capacity=4)
+    for sent in (worker, wool.WorkerMetadata(id="w", host="127.0.0.1", port=1)):
+        assert _metadata(_service(sent, "ns"), "ns") == sent
+
+
+async def fill(tmp_path: Path, tg: anyio.abc.TaskGroup, n: int) -> list[int]:
+    """Start ``n`` gate calls and return their workers' pids once all run."""
+    for i in range(n):
+        tg.start_soon(gate, str(tmp_path / f"started-{i}"), str(tmp_path / f"release-{i}"))
+    return [await wait_for_file(tmp_path / f"started-{i}") for i in range(n)]
+
+
+async def test_a_full_pool_holds_root_calls_until_a_slot_frees(tmp_path: Path) -> None:
+    async with wool.WorkerPool(size=2, concurrency=1):
+        async with anyio.create_task_group() as tg:
+            pids = await fill(tmp_path, tg, 2)
+            # Round robin would send the third call to the first worker; held in the caller,
+            # it goes to whichever worker frees a slot first instead.
+            tg.start_soon(gate, str(tmp_path / "started-2"), str(tmp_path / "release-2"))
+            (tmp_path / "release-1").write_text("go")
+            assert await wait_for_file(tmp_path / "started-2") == pids[1]
+            (tmp_path / "release-0").write_text("go")
+            (tmp_path / "release-2").write_text("go")
+
+
+async def test_a_held_call_can_be_cancelled_and_times_out(tmp_path: Path) -> None:
+    async with wool.WorkerPool(size=2, concurrency=1):
+        async with anyio.create_task_group() as tg:
+            await fill(tmp_path, tg, 2)
+            with anyio.move_on_after(0.3) as timed:
+                await gate(str(tmp_path / "late"), str(tmp_path / "release-late"))
+            assert timed.cancelled_caught
+            with anyio.CancelScope() as scope:
+
+                async def cancel_once_held() -> None:
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+
+                tg.start_soon(cancel_once_held)
+                await gate(str(tmp_path / "cancelled"), str(tmp_path / "release-late"))
+            assert scope.cancelled_caught
+            (tmp_path / "release-0").write_text("go")
+            (tmp_path / "release-1").write_text("go")
+        assert not (tmp_path / "late").exists() and not (tmp_path / "cancelled").exists()
+        # The held calls took no slot: both workers take a call at once again.
+        (tmp_path / "release-2").write_text("go")
+        (tmp_path / "release-3").write_text("go")
+        async with anyio.create_task_group() as tg:
+            for i in (2, 3):
+                tg.start_soon(gate, str(tmp_path / f"started-{i}"), str(tmp_path / f"release-{i}"))
+
+
+async def test_nested_calls_never_wait_for_a_slot() -> None:
+    from .routines import fib
+
+    async with wool.WorkerPool(size=1, concurrency=1):
+        with anyio.fail_after(60):
+            assert await fib(6) == 8
+
+
+class Failing:
+    def choose(
+        self, call: wool.CallInfo, candidates: Sequence[wool.Candidate]
+    ) -> wool.WorkerMetadata | None:
+        if call.routine == "second_pid":
+            raise RuntimeError("bug in the balancer")
+        if "first" in call.tags:
+            raise wool.NoWorkersAvailable("no worker for this one")
+        if call.routine == "gate":
+            return wool.WorkerMetadata(id="elsewhere", host="127.0.0.1", port=1)
+        return candidates[0].worker
+
+
+async def test_a_failing_balancer_fails_the_call_and_the_pool_keeps_serving() -> None:
+    async with wool.WorkerPool(size=1, loadbalancer=Failing()) as pool:
+        with pytest.raises(wool.WoolError, match=r"load balancer .* failed choosing") as info:
+            await second_pid()
+        assert isinstance(info.value.__cause__, RuntimeError)
+        with pytest.raises(wool.NoWorkersAvailable, match="no worker for this one"):
+            await tagged_pid()
+        with pytest.raises(wool.WoolError, match="not among the candidates"):
+            await gate("never", "never")
+        assert await pid() == pool.workers[0].pid
+
+
+def test_the_pool_checks_its_balancer_and_concurrency() -> None:
+    with pytest.raises(TypeError, match="LoadBalancerLike"):
+        wool.WorkerPool(size=1, loadbalancer=object())  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ValueError, match="concurrency"):
+        wool.WorkerPool(size=1, concurrency=0)
+    with pytest.raises(TypeError, match="tags"):
+        wool.routine(tags="gpu")  # pyright: ignore[reportArgumentType]
+
+
+def candidate(worker_id: str, load: int, capacity: int | None = None) -> wool.Candidate:
+    worker = wool.WorkerMetadata(id=worker_id, host="127.0.0.1", port=1, capacity=capacity)
+    return wool.Candidate(worker, load)
+
+
+def test_least_loaded_weighs_the_load_by_capacity() -> None:
+    balancer = wool.LeastLoadedLoadBalancer()
+    call = wool.CallInfo("f")
+    # 2 of 4 slots used is less loaded than 1 of 1.
+    chosen = balancer.choose(call, [candidate("small", 1, 1), candidate("big", 2, 4)])
+    assert chosen is not None and chosen.id == "big"
+    # A worker without a limit counts as large as the largest that has one.
+    chosen = balancer.choose(call, [candidate("big", 3, 4), candidate("free", 2)])
+    assert chosen is not None and chosen.id == "free"
+    # Equal workers take turns.
+    equal = [candidate("a", 0), candidate("b", 0)]
+    picks = [balancer.choose(call, equal) for _ in range(4)]
+    assert [w.id for w in picks if w is not None] == ["a", "b", "a", "b"]
+
+
+def test_round_robin_takes_the_candidates_in_turn() -> None:
+    balancer = wool.RoundRobinLoadBalancer()
+    three = [candidate("a", 5), candidate("b", 0), candidate("c", 0)]
+    picks = [balancer.choose(wool.CallInfo("f"), three) for _ in range(4)]
+    assert [w.id for w in picks if w is not None] == ["a", "b", "c", "a"]
+
+
+class OneAtATime:
+    """Makes a call wait while this caller has any call in flight."""
+
+    def __init__(self) -> None:
+        self.waited = 0
+
+    def choose(
+        self, call: wool.CallInfo, candidates: Sequence[wool.Candidate]
+    ) -> wool.WorkerMetadata | None:
+        if any(c.load for c in candidates):
+            self.waited += 1
+            return None
+        return candidates[0].worker
+
+
+async def test_a_call_the_balancer_makes_wait_goes_once_a_call_ends(tmp_path: Path) -> None:
+    balancer = OneAtATime()
+    async with wool.WorkerPool(size=2, loadbalancer=balancer) as pool:
+        results: list[int] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gate, str(tmp_path / "started"), str(tmp_path / "release"))
+            await wait_for_file(tmp_path / "started")
+
+            async def second() -> None:
+                results.append(await pid())
+
+            tg.start_soon(second)
+            await anyio.wait_all_tasks_blocked()
+            assert balancer.waited >= 1 and not results
+            (tmp_path / "release").write_text("go")
+        assert results == [pool.workers[0].pid]
