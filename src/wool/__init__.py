@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from wool._context import ContextVar, Token
 from wool._errors import (
     NoPoolError,
     NoWorkersAvailable,
@@ -36,6 +37,7 @@ from wool.pool import WorkerPool
 from wool.routine import Routine, routine
 
 __all__ = [
+    "ContextVar",
     "DiscoveryEvent",
     "DiscoveryLike",
     "DiscoveryPublisherLike",
@@ -51,6 +53,7 @@ __all__ = [
     "Routine",
     "SerializationError",
     "TaskException",
+    "Token",
     "WoolError",
     "WorkerFilter",
     "WorkerLost",

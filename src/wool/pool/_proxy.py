@@ -17,6 +17,7 @@ from typing import Any, cast
 import anyio
 import betterproto2
 
+from wool._context import absorb, outgoing
 from wool._errors import (
     NoPoolError,
     NoWorkersAvailable,
@@ -224,6 +225,7 @@ class WorkerProxy:
                 caller=_CALLER,
                 depth=call_depth.get() + 1,
                 generator=generator,
+                context=outgoing(),
             )
         )
 
@@ -278,6 +280,7 @@ class WorkerProxy:
                 raise
             if self._declined(worker, response):
                 continue
+            absorb(response.context, routine)  # as after a local await, failed or not
             kind, body = betterproto2.which_one_of(response, "body")
             return await _outcome(kind, body, routine, worker)
 

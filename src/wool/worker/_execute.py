@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import anyio
 
+from wool import _context
 from wool._errors import SerializationError
 from wool._serialization import Payload, dumps_exception, dumps_payload, loads, too_large
 from wool._tracebacks import without_wool_frames
@@ -50,15 +51,30 @@ def _shortened(text: str) -> str:
 
 async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Response:
     """Run the task's routine inside ``scope``, under the caller's deadline."""
+    baseline = _context.snapshot()
 
     async def call() -> Response:
+        nonlocal baseline
         run, args, kwargs = load_call(task)
+        baseline = _context.snapshot()
         value = await run(*args, **kwargs)
         data = pickle_value(task, value, limits, what="the value returned by")
         # A Payload in a bytes field: the transport joins or chunks it (framing.split).
         return data if isinstance(data, Response) else Response(result=cast(bytes, data))
 
-    return await run_in(scope, task, deadline_of(task), call)
+    response = await run_in(scope, task, deadline_of(task), call)
+    return _with_context(response, baseline, limits)
+
+
+def _with_context(response: Response, baseline: dict[str, Any], limits: Limits) -> Response:
+    """The answer, carrying the wool.ContextVar values the routine changed."""
+    if response.result is None and response.failure is None:
+        return response
+    try:
+        response.context = _context.changes_since(baseline)
+    except SerializationError as exc:
+        return failure(exc, limits)
+    return response
 
 
 def deadline_of(task: Task) -> float | None:
@@ -97,6 +113,7 @@ def load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str
     try:
         fn = _load_function(task.function)
         args, kwargs = loads(task.arguments)
+        _context.enter(task.context)
     except BaseException as exc:
         log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
         raise SerializationError(
