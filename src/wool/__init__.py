@@ -32,6 +32,7 @@ from wool.discovery import (
     WorkerFilter,
     WorkerMetadata,
 )
+from wool.events import TaskEvent
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.pool import WorkerPool
 from wool.routine import Routine, routine
@@ -52,6 +53,7 @@ __all__ = [
     "RoundRobinLoadBalancer",
     "Routine",
     "SerializationError",
+    "TaskEvent",
     "TaskException",
     "Token",
     "WoolError",

@@ -28,6 +28,7 @@ from wool._errors import (
 from wool._serialization import Payload, dumps_payload, loads, loads_exception, too_large
 from wool._tracebacks import raise_remote
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
+from wool.events._observe import current_call, observe_call
 from wool.loadbalancer import LoadBalancerLike, RoundRobinLoadBalancer
 from wool.routine import call_depth
 from wool.transport import (
@@ -226,6 +227,7 @@ class WorkerProxy:
                 depth=call_depth.get() + 1,
                 generator=generator,
                 context=outgoing(),
+                parent=current_call.get(),
             )
         )
 
@@ -265,24 +267,25 @@ class WorkerProxy:
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout)
         assert request.task is not None
-        while True:
-            worker = await self._choose(routine)
-            client = self._client(worker)
-            try:
-                response = await self._portal.run(client.call, request)
-            except Unreachable as exc:
-                self._suspend(worker, str(exc))
-                continue  # never sent: another worker may take it
-            except ConnectionLost as exc:
-                raise self._lost(worker, routine, exc) from None
-            except anyio.get_cancelled_exc_class():
-                await self._cancel_remote(client, request.task.id, grace)
-                raise
-            if self._declined(worker, response):
-                continue
-            absorb(response.context, routine)  # as after a local await, failed or not
-            kind, body = betterproto2.which_one_of(response, "body")
-            return await _outcome(kind, body, routine, worker)
+        with observe_call(request.task) as observer:
+            while True:
+                worker = observer.scheduled(await self._choose(routine))
+                client = self._client(worker)
+                try:
+                    response = await self._portal.run(client.call, request)
+                except Unreachable as exc:
+                    self._suspend(worker, str(exc))
+                    continue  # never sent: another worker may take it
+                except ConnectionLost as exc:
+                    raise self._lost(worker, routine, exc) from None
+                except anyio.get_cancelled_exc_class():
+                    await self._cancel_remote(client, request.task.id, grace)
+                    raise
+                if self._declined(worker, response):
+                    continue
+                absorb(response.context, routine)  # as after a local await, failed or not
+                kind, body = betterproto2.which_one_of(response, "body")
+                return await _outcome(kind, body, routine, worker)
 
     @asynccontextmanager
     async def generator(
@@ -305,37 +308,38 @@ class WorkerProxy:
         assert request.task is not None
         client: Client | None = None
         call: CallStream | None = None
-        try:
-            while True:
-                worker = await self._choose(routine)
-                client = self._client(worker)
-                try:
-                    call = await self._portal.run(client.open, request)
-                except Unreachable as exc:
-                    self._suspend(worker, str(exc))
-                    continue  # never sent: another worker may take it
-                except ConnectionLost as exc:
-                    raise self._lost(worker, routine, exc) from None
-                remote = RemoteGenerator(self, call, routine, worker, prefetch)
-                # The first step is always NEXT (Python refuses other first steps locally),
-                # so take it here: a worker that refuses the call lets another one take it.
-                first = await remote.start()
-                if self._declined(worker, first):
-                    closing, call = call, None
-                    with anyio.move_on_after(grace):
-                        await self._portal.run(functools.partial(closing.close, reset=True))
-                    continue
-                break
-            yield remote
-        except anyio.get_cancelled_exc_class():
-            if client is not None:
-                await self._cancel_remote(client, request.task.id, grace)
-            raise
-        finally:
-            if call is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
-                    with contextlib.suppress(ConnectionLost):
-                        await self._portal.run(call.close)
+        with observe_call(request.task) as observer:
+            try:
+                while True:
+                    worker = observer.scheduled(await self._choose(routine))
+                    client = self._client(worker)
+                    try:
+                        call = await self._portal.run(client.open, request)
+                    except Unreachable as exc:
+                        self._suspend(worker, str(exc))
+                        continue  # never sent: another worker may take it
+                    except ConnectionLost as exc:
+                        raise self._lost(worker, routine, exc) from None
+                    remote = RemoteGenerator(self, call, routine, worker, prefetch)
+                    # The first step is always NEXT (Python refuses other first steps locally),
+                    # so take it here: a worker that refuses the call lets another one take it.
+                    first = await remote.start()
+                    if self._declined(worker, first):
+                        closing, call = call, None
+                        with anyio.move_on_after(grace):
+                            await self._portal.run(functools.partial(closing.close, reset=True))
+                        continue
+                    break
+                yield observer.steps(remote)
+            except anyio.get_cancelled_exc_class():
+                if client is not None:
+                    await self._cancel_remote(client, request.task.id, grace)
+                raise
+            finally:
+                if call is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                        with contextlib.suppress(ConnectionLost):
+                            await self._portal.run(call.close)
 
     def _check_sizes(self, routine: str, function: bytes, arguments: Payload) -> None:
         """Refuse, before sending anything, a call too large for the limits."""

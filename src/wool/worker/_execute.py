@@ -14,6 +14,7 @@ from wool import _context
 from wool._errors import SerializationError
 from wool._serialization import Payload, dumps_exception, dumps_payload, loads, too_large
 from wool._tracebacks import without_wool_frames
+from wool.events._observe import observe_run
 from wool.routine import Routine, call_depth
 from wool.transport import DEFAULT_LIMITS, Cancelled, Exhausted, Failure, Limits, Response, Task
 
@@ -89,9 +90,17 @@ async def run_in(
     body: Callable[[], Awaitable[Response]],
 ) -> Response:
     """Run ``body`` inside ``scope`` and turn however it ended into the answer."""
+    call_depth.set(task.depth)
+    with observe_run(task) as run:
+        run.response = await _run_in(scope, deadline, body)
+        return run.response
+
+
+async def _run_in(
+    scope: anyio.CancelScope, deadline: float | None, body: Callable[[], Awaitable[Response]]
+) -> Response:
     if deadline is not None:
         scope.deadline = deadline
-    call_depth.set(task.depth)
     response: Response | None = None
     with scope:
         try:

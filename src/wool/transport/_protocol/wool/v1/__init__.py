@@ -430,6 +430,12 @@ class Task(betterproto2.Message):
     variable name; empty when the caller has none set.
     """
 
+    parent: "str" = betterproto2.field(13, betterproto2.TYPE_STRING)
+    """
+    Id of the call whose routine makes this call; empty for a call from
+    outside the pool. For logs and task events.
+    """
+
 
 default_message_pool.register_message("wool.v1", "Task", Task)
 
