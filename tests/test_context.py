@@ -68,6 +68,29 @@ def test_a_name_is_taken_once() -> None:
         wool.ContextVar("tests.request_id")
 
 
+def test_a_module_may_declare_its_variable_again() -> None:
+    code = "import wool\nvar = wool.ContextVar('tests.redeclared')\n"
+    first: dict[str, object] = {"__name__": "tests.somewhere"}
+    again: dict[str, object] = {"__name__": "tests.somewhere"}
+    exec(code, first)
+    exec(code, again)  # a reload
+    with pytest.raises(ValueError, match=r"tests\.somewhere"):
+        exec(code, {"__name__": "tests.elsewhere"})
+
+
+async def test_a_variable_unpickled_first_gives_way_to_its_module() -> None:
+    @wool.routine
+    async def by_value() -> str:
+        # Travels by value with the variable: the worker makes a stand-in for it...
+        return tenant.get("no tenant")
+
+    async with wool.WorkerPool(size=1):
+        assert await by_value() == "no tenant"
+        tenant.set("t")
+        # ...and then imports the module that declares it, for this routine.
+        assert [t for _, _, t in await chain(1)] == ["t"]
+
+
 # ------------------------------------------------------------------ across the wire
 
 

@@ -10,6 +10,7 @@ variables its own code never declared.
 from __future__ import annotations
 
 import contextvars
+import sys
 import weakref
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -65,23 +66,31 @@ class ContextVar(Generic[T]):
     Values must be picklable with cloudpickle; they are copied, so changing a value in
     place (appending to a list) is not seen on the other side: set a new value instead.
 
+    Values are stored by name: two variables of one name share them. Declaring a name again
+    in the same module replaces the variable (a module reloaded, a notebook cell run again).
+
     Raises:
-        ValueError: another live ``wool.ContextVar`` in this process has the same name.
+        ValueError: a live ``wool.ContextVar`` of another module has the same name.
     """
 
-    __slots__ = ("__weakref__", "_default", "_name")
+    __slots__ = ("__weakref__", "_default", "_module", "_name")
 
     def __init__(self, name: str, *, default: T = _MISSING) -> None:
         if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"a wool.ContextVar needs a non-empty str name, got {name!r}")
-        if name in _registry:
+        module = sys._getframe(1).f_globals.get("__name__")
+        existing = _registry.get(name)
+        # The same module may declare it again (a reload, a notebook cell run twice); a
+        # variable made by unpickling stands in until its module declares it.
+        if existing is not None and existing._module not in (module, None):
             raise ValueError(
-                f"a wool.ContextVar named {name!r} exists already; names identify variables "
-                "across processes, so each variable needs its own (declare it once, at module "
-                "level)"
+                f"a wool.ContextVar named {name!r} exists already (declared in module "
+                f"{existing._module!r}); names identify variables across processes, so each "
+                "variable needs its own"
             )
         self._name = name
         self._default = default
+        self._module: str | None = module
         _registry[name] = self
 
     @property
@@ -145,7 +154,10 @@ class ContextVar(Generic[T]):
 
 def _named(name: str, default: Any) -> ContextVar[Any]:
     found = _registry.get(name)
-    return found if found is not None else ContextVar(name, default=default)
+    if found is None:
+        found = ContextVar(name, default=default)
+        found._module = None  # a stand-in: the module that declares it may come later
+    return found
 
 
 def _replace(changed: dict[str, Any], removed: tuple[str, ...] | list[str]) -> None:
