@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 __all__ = [
     "current_call",
     "observe_call",
-    "observe_run",
+    "run_started",
+    "run_stopped",
     "set_worker_id",
     "step_completed",
     "step_started",
@@ -170,26 +171,18 @@ def _emit_here(
     )
 
 
-class observe_run:
-    """``with observe_run(task) as run``: task-started now, task-stopped on exit.
+def run_started(task: Task) -> bool:
+    """The routine of ``task`` starts here; whether anyone listens (then call run_stopped)."""
+    current_call.set(task.id)
+    if not _handlers:
+        return False
+    _emit_here("task-started", task)
+    return True
 
-    Set ``run.response`` to the answer; without one the run counts as cancelled.
-    """
 
-    def __init__(self, task: Task) -> None:
-        self._task = task
-        self._on = bool(_handlers)
-        self.response: Response | None = None
-
-    def __enter__(self) -> observe_run:
-        current_call.set(self._task.id)
-        if self._on:
-            _emit_here("task-started", self._task)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._on:
-            _emit_here("task-stopped", self._task, _worker_outcome(self.response))
+def run_stopped(task: Task, response: Response | None) -> None:
+    """The routine of ``task`` has finished with ``response`` (None: it was cancelled)."""
+    _emit_here("task-stopped", task, _worker_outcome(response))
 
 
 def _worker_outcome(response: Response | None) -> Outcome:

@@ -14,7 +14,7 @@ from wool import _context
 from wool._errors import SerializationError
 from wool._serialization import Payload, dumps_exception, dumps_payload, loads, too_large
 from wool._tracebacks import without_wool_frames
-from wool.events._observe import observe_run
+from wool.events._observe import run_started, run_stopped
 from wool.routine import Routine, call_depth
 from wool.transport import DEFAULT_LIMITS, Cancelled, Exhausted, Failure, Limits, Response, Task
 
@@ -91,9 +91,14 @@ async def run_in(
 ) -> Response:
     """Run ``body`` inside ``scope`` and turn however it ended into the answer."""
     call_depth.set(task.depth)
-    with observe_run(task) as run:
-        run.response = await _run_in(scope, deadline, body)
-        return run.response
+    observed = run_started(task)
+    response: Response | None = None
+    try:
+        response = await _run_in(scope, deadline, body)
+        return response
+    finally:
+        if observed:
+            run_stopped(task, response)
 
 
 async def _run_in(
