@@ -25,6 +25,7 @@ __all__ = [
     "observe_call",
     "run_started",
     "run_stopped",
+    "set_tracer",
     "set_worker_id",
     "step_completed",
     "step_started",
@@ -36,6 +37,34 @@ current_call: ContextVar[str] = ContextVar("wool_current_call", default="")
 
 # On a worker, its id: the worker of the events it reports.
 _worker_id: str | None = None
+
+
+class Span(Protocol):
+    """A tracer's record of one call on one side (see ``wool.otel``)."""
+
+    def event(self, name: str, attributes: dict[str, Any]) -> None: ...
+
+    def end(self, outcome: Outcome, exc: BaseException | None) -> None: ...
+
+
+class Tracer(Protocol):
+    def call(self, task: Task) -> Span:
+        """The caller's span of a call; may write ``task.trace`` for the worker."""
+        ...
+
+    def run(self, task: Task) -> Span:
+        """The worker's span of a call, current in the routine's task until it ends."""
+        ...
+
+
+_tracer: Tracer | None = None
+# On a worker, the span of the call whose routine runs in this task.
+_run_span: ContextVar[Span | None] = ContextVar("wool_run_span", default=None)
+
+
+def set_tracer(tracer: Tracer | None) -> None:
+    global _tracer
+    _tracer = tracer
 
 
 def set_worker_id(worker_id: str | None) -> None:
@@ -78,6 +107,7 @@ class CallObserver:
         self._task = task
         self._worker: str | None = None
         self._iterations = 0
+        self._span = _tracer.call(task) if _tracer is not None else None
 
     def _emit(
         self, kind: Any, outcome: Outcome | None = None, iteration: int | None = None
@@ -105,12 +135,17 @@ class CallObserver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._emit("task-completed", _caller_outcome(exc))
+        outcome = _caller_outcome(exc)
+        self._emit("task-completed", outcome)
+        if self._span is not None:
+            self._span.end(outcome, exc)
 
     def scheduled(self, worker: WorkerMetadata) -> WorkerMetadata:
         """Report that ``worker`` was chosen for the call; returns it."""
         self._worker = worker.id
         self._emit("task-scheduled")
+        if self._span is not None:
+            self._span.event("wool.scheduled", {"wool.worker": worker.id})
         return worker
 
     def steps(self, remote: RemoteSteps) -> Any:
@@ -120,6 +155,8 @@ class CallObserver:
     def iteration(self) -> None:
         self._iterations += 1
         self._emit("task-iteration-initiated", iteration=self._iterations)
+        if self._span is not None:
+            self._span.event("wool.iteration-initiated", {"wool.iteration": self._iterations})
 
 
 class _ObservedSteps:
@@ -149,7 +186,7 @@ def _caller_outcome(exc: BaseException | None) -> Outcome:
 
 def observe_call(task: Task) -> CallObserver | _Quiet:
     """``with observe_call(task) as observer``: the caller's events of one call."""
-    return CallObserver(task) if _handlers else _QUIET
+    return CallObserver(task) if _handlers or _tracer is not None else _QUIET
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -174,15 +211,35 @@ def _emit_here(
 def run_started(task: Task) -> bool:
     """The routine of ``task`` starts here; whether anyone listens (then call run_stopped)."""
     current_call.set(task.id)
-    if not _handlers:
+    if not (_handlers or _tracer is not None):
         return False
     _emit_here("task-started", task)
+    if _tracer is not None:
+        _run_span.set(_tracer.run(task))
     return True
 
 
 def run_stopped(task: Task, response: Response | None) -> None:
     """The routine of ``task`` has finished with ``response`` (None: it was cancelled)."""
-    _emit_here("task-stopped", task, _worker_outcome(response))
+    outcome = _worker_outcome(response)
+    _emit_here("task-stopped", task, outcome)
+    span = _run_span.get()
+    if span is not None:
+        _run_span.set(None)
+        failed = None if response is None else response.failure
+        if failed is not None:  # the OpenTelemetry convention for an exception
+            span.event(
+                "exception",
+                {
+                    "exception.type": failed.type,
+                    "exception.message": failed.message,
+                    "exception.stacktrace": failed.traceback,
+                },
+            )
+        cancelled = None if response is None else response.cancelled
+        if cancelled is not None and cancelled.deadline:
+            span.event("wool.deadline-expired", {})
+        span.end(outcome, None)
 
 
 def _worker_outcome(response: Response | None) -> Outcome:
@@ -195,7 +252,7 @@ def _worker_outcome(response: Response | None) -> Outcome:
 
 def step_started(task: Task, step: int) -> bool:
     """Report a generator step starting; whether anyone listens (then report its end)."""
-    if not _handlers:
+    if not (_handlers or _tracer is not None):
         return False
     _emit_here("task-iteration-started", task, iteration=step)
     return True
@@ -212,3 +269,6 @@ def step_completed(task: Task, step: int, exc: BaseException | None) -> None:
     else:
         outcome = "raised"
     _emit_here("task-iteration-completed", task, outcome, step)
+    span = _run_span.get()
+    if span is not None:
+        span.event("wool.iteration", {"wool.iteration": step, "wool.outcome": outcome})

@@ -138,7 +138,7 @@ def _fixed_size(message: Request | Response) -> int:
         task = message.task
         if task is not None:
             size += len(task.function) + len(task.routine) + len(task.id) + len(task.caller)
-            size += len(task.context)
+            size += len(task.context) + sum(len(k) + len(v) + 8 for k, v in task.trace.items())
         return size
     size += len(message.context)
     if message.items is not None:

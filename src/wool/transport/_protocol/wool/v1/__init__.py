@@ -436,6 +436,16 @@ class Task(betterproto2.Message):
     outside the pool. For logs and task events.
     """
 
+    trace: "dict[str, str]" = betterproto2.field(
+        14,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    Trace context of the caller's span (W3C traceparent and tracestate, or
+    what the caller's propagator writes); empty without wool.otel.
+    """
+
 
 default_message_pool.register_message("wool.v1", "Task", Task)
 
