@@ -161,6 +161,9 @@ async def test_unpicklable_value_names_the_variable() -> None:
         request_id.set(threading.Lock())  # type: ignore[arg-type]
         with pytest.raises(wool.SerializationError, match=r"tests\.request_id"):
             await chain(1)
+        request_id.set("x" * 40_000)
+        with pytest.raises(wool.SerializationError, match=r"more than the 32768"):
+            await chain(1)
         request_id.set("fine")
         with pytest.raises(wool.SerializationError, match=r"tests\.request_id"):
             await set_unpicklable()
