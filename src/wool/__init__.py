@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from wool._context import ContextVar, Token
 from wool._errors import (
     NoPoolError,
     NoWorkersAvailable,
@@ -32,6 +33,7 @@ from wool.discovery import (
     WorkerFilter,
     WorkerMetadata,
 )
+from wool.events import TaskEvent
 from wool.loadbalancer import (
     CallInfo,
     Candidate,
@@ -46,6 +48,7 @@ from wool.security import WorkerCredentials
 __all__ = [
     "CallInfo",
     "Candidate",
+    "ContextVar",
     "DiscoveryEvent",
     "DiscoveryLike",
     "DiscoveryPublisherLike",
@@ -62,7 +65,9 @@ __all__ = [
     "Routine",
     "SecurityError",
     "SerializationError",
+    "TaskEvent",
     "TaskException",
+    "Token",
     "WoolError",
     "WorkerCredentials",
     "WorkerFilter",

@@ -15,6 +15,7 @@ from typing import Any, cast
 import anyio
 import betterproto2
 
+from wool._context import absorb, outgoing
 from wool._errors import (
     NoPoolError,
     SecurityError,
@@ -23,6 +24,7 @@ from wool._errors import (
 )
 from wool._serialization import Payload, too_large
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
+from wool.events._observe import current_call, observe_call
 from wool.loadbalancer import CallInfo, LoadBalancerLike, RoundRobinLoadBalancer
 from wool.loadbalancer._select import Selector
 from wool.pool._admission import refusal
@@ -269,6 +271,8 @@ class WorkerProxy:
                 caller=_CALLER,
                 depth=call_depth.get() + 1,
                 generator=generator,
+                context=outgoing(),
+                parent=current_call.get(),
             )
         )
 
@@ -310,28 +314,32 @@ class WorkerProxy:
         request = self._request(routine, function, arguments, grace, timeout)
         assert request.task is not None
         info = CallInfo(routine, tags, request.task.depth)
-        while True:
-            worker = await self._selector.choose(info, self._usable, self.changed)
-            client = self._client(worker)
-            try:
-                response = await self._portal.run(client.call, request)
-            except Unreachable as exc:
-                self._suspend(worker, str(exc))
-                continue  # never sent: another worker may take it
-            except SecurityError as exc:
-                self.refuse(worker, exc)
-                continue  # refused before the handshake ended: nothing reached the worker
-            except ConnectionLost as exc:
-                raise self._lost(worker, routine, exc) from exc
-            except anyio.get_cancelled_exc_class():
-                await self._cancel_remote(client, request.task.id, grace)
-                raise
-            finally:
-                self._selector.release(worker.id, info)
-            if self._declined(worker, response):
-                continue
-            kind, body = betterproto2.which_one_of(response, "body")
-            return await outcome(kind, body, routine, worker)
+        with observe_call(request.task) as observer:
+            while True:
+                worker = observer.scheduled(
+                    await self._selector.choose(info, self._usable, self.changed)
+                )
+                client = self._client(worker)
+                try:
+                    response = await self._portal.run(client.call, request)
+                except Unreachable as exc:
+                    self._suspend(worker, str(exc))
+                    continue  # never sent: another worker may take it
+                except SecurityError as exc:
+                    self.refuse(worker, exc)
+                    continue  # refused before the handshake ended: nothing reached the worker
+                except ConnectionLost as exc:
+                    raise self._lost(worker, routine, exc) from exc
+                except anyio.get_cancelled_exc_class():
+                    await self._cancel_remote(client, request.task.id, grace)
+                    raise
+                finally:
+                    self._selector.release(worker.id, info)
+                if self._declined(worker, response):
+                    continue
+                absorb(response.context, routine)  # as after a local await, failed or not
+                kind, body = betterproto2.which_one_of(response, "body")
+                return await outcome(kind, body, routine, worker)
 
     @asynccontextmanager
     async def generator(
@@ -357,54 +365,58 @@ class WorkerProxy:
         client: Client | None = None
         call: CallStream | None = None
         held: WorkerMetadata | None = None
-        try:
-            while True:
-                if held is not None:
-                    self._selector.release(held.id, info)
-                    held = None
-                held = worker = await self._selector.choose(info, self._usable, self.changed)
-                client = self._client(worker)
-                try:
-                    call = await self._portal.run(client.open, request)
-                except Unreachable as exc:
-                    self._suspend(worker, str(exc))
-                    continue  # never sent: another worker may take it
-                except SecurityError as exc:
-                    self.refuse(worker, exc)
-                    continue
-                except ConnectionLost as exc:
-                    raise self._lost(worker, routine, exc) from exc
-                remote = RemoteGenerator(self, call, routine, worker, prefetch)
-                # The first step is always NEXT (Python refuses other first steps locally),
-                # so take it here: a worker that refuses the call lets another one take it.
-                try:
-                    first = await remote.start()
-                except SecurityError as exc:
-                    closing, call = call, None
-                    with anyio.move_on_after(grace):
-                        await self._portal.run(functools.partial(closing.close, reset=True))
-                    self.refuse(worker, exc)
-                    continue
-                if self._declined(worker, first):
-                    closing, call = call, None
-                    with anyio.move_on_after(grace):
-                        await self._portal.run(functools.partial(closing.close, reset=True))
-                    continue
-                break
-            yield remote
-        except anyio.get_cancelled_exc_class():
-            if client is not None:
-                await self._cancel_remote(client, request.task.id, grace)
-            raise
-        finally:
+        with observe_call(request.task) as observer:
             try:
-                if call is not None:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
-                        with contextlib.suppress(ConnectionLost):
-                            await self._portal.run(call.close)
+                while True:
+                    if held is not None:
+                        self._selector.release(held.id, info)
+                        held = None
+                    held = worker = observer.scheduled(
+                        await self._selector.choose(info, self._usable, self.changed)
+                    )
+                    client = self._client(worker)
+                    try:
+                        call = await self._portal.run(client.open, request)
+                    except Unreachable as exc:
+                        self._suspend(worker, str(exc))
+                        continue  # never sent: another worker may take it
+                    except SecurityError as exc:
+                        self.refuse(worker, exc)
+                        continue
+                    except ConnectionLost as exc:
+                        raise self._lost(worker, routine, exc) from exc
+                    remote = RemoteGenerator(self, call, routine, worker, prefetch)
+                    # The first step is always NEXT (Python refuses other first steps
+                    # locally), so take it here: a worker that refuses the call lets another
+                    # one take it.
+                    try:
+                        first = await remote.start()
+                    except SecurityError as exc:
+                        closing, call = call, None
+                        with anyio.move_on_after(grace):
+                            await self._portal.run(functools.partial(closing.close, reset=True))
+                        self.refuse(worker, exc)
+                        continue
+                    if self._declined(worker, first):
+                        closing, call = call, None
+                        with anyio.move_on_after(grace):
+                            await self._portal.run(functools.partial(closing.close, reset=True))
+                        continue
+                    break
+                yield observer.steps(remote)
+            except anyio.get_cancelled_exc_class():
+                if client is not None:
+                    await self._cancel_remote(client, request.task.id, grace)
+                raise
             finally:
-                if held is not None:
-                    self._selector.release(held.id, info)
+                try:
+                    if call is not None:
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                            with contextlib.suppress(ConnectionLost):
+                                await self._portal.run(call.close)
+                finally:
+                    if held is not None:
+                        self._selector.release(held.id, info)
 
     def _check_sizes(self, routine: str, function: bytes, arguments: Payload) -> None:
         """Refuse, before sending anything, a call too large for the limits."""

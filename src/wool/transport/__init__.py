@@ -70,4 +70,4 @@ __all__ = [
 ]
 
 #: Version of the messages in ``protos/wool/v1``; a worker refuses tasks of another version.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3

@@ -82,14 +82,16 @@ def _with_payload(message: Request | Response, data: bytes) -> Request | Respons
         assert message.step is not None
         return Request(step=dataclasses.replace(message.step, value=data))
     if message.result is not None:
-        return Response(result=data)
+        return Response(result=data, context=message.context)
     if message.item is not None:
         return Response(item=data)
     if message.items is not None:
         others = [_joined(value) for value in message.items.values[1:]]
         return Response(items=Items(values=[data, *others]))
     assert message.failure is not None
-    return Response(failure=dataclasses.replace(message.failure, exception=data))
+    return Response(
+        failure=dataclasses.replace(message.failure, exception=data), context=message.context
+    )
 
 
 def split(message: Request | Response, max_message: int) -> list[Request | Response]:
@@ -136,7 +138,10 @@ def _fixed_size(message: Request | Response) -> int:
         task = message.task
         if task is not None:
             size += len(task.function) + len(task.routine) + len(task.id) + len(task.caller)
-    elif message.items is not None:
+            size += len(task.context) + sum(len(k) + len(v) + 8 for k, v in task.trace.items())
+        return size
+    size += len(message.context)
+    if message.items is not None:
         size += sum(len(value) + 8 for value in message.items.values[1:])
     elif message.failure is not None:
         failure = message.failure

@@ -10,9 +10,11 @@ from typing import Any, cast
 
 import anyio
 
+from wool import _context
 from wool._errors import SerializationError
 from wool._serialization import Payload, dumps_exception, dumps_payload, loads, too_large
 from wool._tracebacks import without_wool_frames
+from wool.events._observe import run_started, run_stopped
 from wool.routine import Routine, call_depth
 from wool.transport import DEFAULT_LIMITS, Cancelled, Exhausted, Failure, Limits, Response, Task
 
@@ -58,15 +60,30 @@ def _shortened(text: str, room: int) -> str:
 
 async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Response:
     """Run the task's routine inside ``scope``, under the caller's deadline."""
+    baseline = _context.snapshot()
 
     async def call() -> Response:
+        nonlocal baseline
         run, args, kwargs = load_call(task)
+        baseline = _context.snapshot()
         value = await run(*args, **kwargs)
         data = pickle_value(task, value, limits, what="the value returned by")
         # A Payload in a bytes field: the transport joins or chunks it (framing.split).
         return data if isinstance(data, Response) else Response(result=cast(bytes, data))
 
-    return await run_in(scope, task, deadline_of(task), call, limits)
+    response = await run_in(scope, task, deadline_of(task), call, limits)
+    return _with_context(response, baseline, limits)
+
+
+def _with_context(response: Response, baseline: dict[str, Any], limits: Limits) -> Response:
+    """The answer, carrying the wool.ContextVar values the routine changed."""
+    if response.result is None and response.failure is None:
+        return response
+    try:
+        response.context = _context.changes_since(baseline)
+    except SerializationError as exc:
+        return failure(exc, limits)
+    return response
 
 
 def deadline_of(task: Task) -> float | None:
@@ -82,9 +99,25 @@ async def run_in(
     limits: Limits = DEFAULT_LIMITS,
 ) -> Response:
     """Run ``body`` inside ``scope`` and turn however it ended into the answer."""
+    call_depth.set(task.depth)
+    observed = run_started(task)
+    response: Response | None = None
+    try:
+        response = await _run_in(scope, deadline, body, limits)
+        return response
+    finally:
+        if observed:
+            run_stopped(task, response)
+
+
+async def _run_in(
+    scope: anyio.CancelScope,
+    deadline: float | None,
+    body: Callable[[], Awaitable[Response]],
+    limits: Limits,
+) -> Response:
     if deadline is not None:
         scope.deadline = deadline
-    call_depth.set(task.depth)
     response: Response | None = None
     with scope:
         try:
@@ -106,6 +139,7 @@ def load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str
     try:
         fn = _load_function(task.function)
         args, kwargs = loads(task.arguments)
+        _context.enter(task.context)
     except BaseException as exc:
         log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
         raise SerializationError(

@@ -28,6 +28,7 @@ from typing import Any, cast
 import anyio
 
 from wool._serialization import Payload, loads
+from wool.events._observe import step_completed, step_started
 from wool.transport import Cancelled, Items, Limits, Request, Response, Step, StepKind, Task
 from wool.worker._execute import EXHAUSTED, failure, load_call, pickle_value, run_in
 
@@ -170,7 +171,7 @@ class GeneratorSession:
         self._held = _NOTHING  # the step applies at the yield that produced it
         deadline = None if step.timeout is None else anyio.current_time() + step.timeout
         if step.kind == StepKind.CLOSE:
-            await self._step(agen.aclose(), deadline)
+            await self._step(agen.aclose(), deadline, iteration=False)
             return EXHAUSTED
         value = loads(step.value)
         if step.kind == StepKind.THROW:
@@ -186,22 +187,33 @@ class GeneratorSession:
         self._outbox_ready.set()
         return None
 
-    async def _step(self, step: Awaitable[Any], deadline: float | None) -> Any:
+    async def _step(
+        self, step: Awaitable[Any], deadline: float | None, *, iteration: bool = True
+    ) -> Any:
         """One step of the generator, under the deadline of the caller waiting for it.
 
         The deadline is set on the driving scope, entered once for the whole call: a scope
         around each step would interleave with the scopes the generator leaves open.
+        ``iteration``: the step resumes the generator for an item (a close is no iteration).
         """
         self._steps += 1
         self._stepping = True
         if deadline is not None:
             self._driving.deadline = deadline
+        observed = iteration and step_started(self._task, self._steps)
+        raised: BaseException | None = None
         try:
             return await step
+        except BaseException as exc:
+            raised = exc
+            raise
         finally:
             self._stepping = False
             if deadline is not None:
                 self._driving.deadline = math.inf
+            if observed:
+                step_completed(self._task, self._steps, raised)
+            del raised  # no cycle through the traceback
 
     async def _read_steps(self) -> None:
         while True:

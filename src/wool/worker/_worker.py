@@ -13,6 +13,7 @@ import anyio
 
 from wool._errors import WoolError
 from wool.discovery import WorkerMetadata
+from wool.events._observe import set_worker_id
 from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.routine import set_process_dispatcher
 from wool.security import exposure
@@ -95,6 +96,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
                 ) as proxy,
             ):
                 set_process_dispatcher(proxy)
+                set_worker_id(config.id)
                 proxy.pin(metadata)
                 await publisher.publish("worker-added", metadata)
                 await _find_peers(proxy, config)

@@ -287,6 +287,13 @@ class Response(betterproto2.Message):
     Leading part of the payload of the next non-Chunk Response.
     """
 
+    context: "bytes" = betterproto2.field(9, betterproto2.TYPE_BYTES)
+    """
+    With the result or failure of a coroutine call: cloudpickle of
+    (changed, removed), the wool.ContextVar values the routine set and the
+    names of those it reset to unset; empty when it changed none.
+    """
+
 
 default_message_pool.register_message("wool.v1", "Response", Response)
 
@@ -415,6 +422,28 @@ class Task(betterproto2.Message):
     0 for a call from outside the pool; a routine's nested calls count up.
     A worker's concurrency limit applies to depth 0 only, so trees never
     deadlock on it.
+    """
+
+    context: "bytes" = betterproto2.field(12, betterproto2.TYPE_BYTES)
+    """
+    cloudpickle of the caller's wool.ContextVar values, a dict keyed by
+    variable name; empty when the caller has none set.
+    """
+
+    parent: "str" = betterproto2.field(13, betterproto2.TYPE_STRING)
+    """
+    Id of the call whose routine makes this call; empty for a call from
+    outside the pool. For logs and task events.
+    """
+
+    trace: "dict[str, str]" = betterproto2.field(
+        14,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    Trace context of the caller's span (W3C traceparent and tracestate, or
+    what the caller's propagator writes); empty without wool.otel.
     """
 
 
