@@ -45,6 +45,9 @@ nitpick_ignore = [
     ("py:class", "P.args"),
     ("py:class", "P.kwargs"),
     ("py:class", "wool.routine._routine._Decorator"),
+    ("py:class", "wool._context.T"),
+    ("py:class", "wool._context.D"),
+    ("py:class", "wool.events._event.H"),
 ]
 
 # ------------------------------------------------------------------------ Markdown (MyST)

@@ -48,7 +48,7 @@ class Token(Generic[T]):
 
     def __init__(self, var: ContextVar[T], old_value: Any) -> None:
         self.var = var
-        #: The value before the ``set``, or :attr:`Token.MISSING` if there was none.
+        #: The value before the ``set``, or ``Token.MISSING`` if there was none.
         self.old_value = old_value
         self._used = False
 

@@ -79,7 +79,7 @@ class TaskEvent:
     #: ``lost``: the worker was lost; ``yielded``/``exhausted``: a step yielded an item, or
     #: the generator ended at it.
     outcome: Outcome | None = None
-    #: For iteration events: the number of the step (1-based) on that side.
+    #: The number of the step (1-based) on that side, for iteration events; None otherwise.
     iteration: int | None = None
 
     @staticmethod
