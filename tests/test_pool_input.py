@@ -17,6 +17,8 @@ def choose_a_worker() -> None:
 
 
 class NoChoice:
+    """The protocol before balancers saw the call: add/remove/choose()."""
+
     def add(self, worker: wool.WorkerMetadata) -> None: ...
 
     def remove(self, worker_id: str) -> None: ...
@@ -26,7 +28,7 @@ class NoChoice:
     ("balancer", "message"),
     [
         (wool.RoundRobinLoadBalancer, r"instance, got the class .*pass RoundRobinLoadBalancer\(\)"),
-        (choose_a_worker, r"function has no add\(\), remove\(\), choose\(\) \(a function"),
+        (choose_a_worker, r"function has no choose\(\) \(a function is not a load balancer"),
         (NoChoice(), r"NoChoice has no choose\(\)"),
     ],
 )

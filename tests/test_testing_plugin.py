@@ -33,6 +33,9 @@ def run_pytest(project: Path, *args: str) -> tuple[int, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     env[_MARKER] = marker
     env.pop("PYTEST_ADDOPTS", None)
+    # Under CI pytest does not shorten the summary lines, which then repeat each message.
+    env.pop("CI", None)
+    env.pop("BUILD_NUMBER", None)
     output = project / "output.txt"
     with open(output, "w") as out:
         process = subprocess.Popen(

@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="allow listening without TLS on a network address: every host that can reach "
-        "it can run code as this user",
+        "it can run code as this user (default: off)",
     )
     worker.add_argument(
         "--log-level",
@@ -131,7 +131,8 @@ def _tls_options(parser: argparse.ArgumentParser) -> Any:
         "--no-mutual",
         dest="mutual",
         action="store_false",
-        help="one-way TLS: accept callers without a certificate (callers still verify workers)",
+        help="one-way TLS: accept callers without a certificate (callers still verify "
+        "workers; default: mutual)",
     )
     return tls
 
