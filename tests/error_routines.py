@@ -197,3 +197,18 @@ async def sleep_forever(started: str | None = None) -> None:
     if started is not None:
         Path(started).write_text("")
     await anyio.sleep(3600)
+
+
+@wool.routine
+async def raise_from_one_that_cannot_travel() -> None:
+    try:
+        raise BadReduce("one", "two")
+    except BadReduce as exc:
+        raise RuntimeError("the part that can travel") from exc
+
+
+@wool.routine
+async def time_out_inside_fail_after() -> None:
+    # Under trio < 0.31 the TimeoutError's context, trio.Cancelled, cannot be rebuilt.
+    with anyio.fail_after(0.01):
+        await anyio.sleep(10)

@@ -364,6 +364,23 @@ async def test_exception_that_cannot_be_unpickled_arrives_as_task_exception() ->
     assert ", in raise_bad_reduce" in exc.remote_traceback
 
 
+async def test_a_link_of_the_chain_that_cannot_travel_costs_only_that_link() -> None:
+    async with wool.WorkerPool(size=1):
+        with pytest.raises(RuntimeError, match="the part that can travel") as info:
+            await er.raise_from_one_that_cannot_travel()
+    cause = info.value.__cause__
+    assert isinstance(cause, wool.TaskException), f"the cause came back as {cause!r}"
+    assert cause.type_name.endswith("BadReduce")
+    assert cause.message == "one/two"
+    assert info.value.__suppress_context__
+
+
+async def test_a_deadline_inside_a_routine_comes_back_as_timeout_error() -> None:
+    async with wool.WorkerPool(size=1):
+        with pytest.raises(TimeoutError):
+            await er.time_out_inside_fail_after()
+
+
 async def test_unpicklable_return_value_is_a_serialization_error_and_the_pool_goes_on() -> None:
     async with wool.WorkerPool(size=1):
         with pytest.raises(wool.SerializationError, match="returns_lock") as info:

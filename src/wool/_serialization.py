@@ -237,12 +237,64 @@ def dumps_exception(exc: BaseException) -> tuple[bytes, str, str, str]:
     """Pickle an exception for the wire: (pickle or b"", type name, message, traceback text)."""
     text = _safely(lambda: "".join(traceback.format_exception(exc)))
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    data = _loadable(exc, _Pickler)
+    if not data and _travels_alone(exc):
+        data = _loadable(exc, _StandInPickler)
+    return data, type_name, _safely(lambda: str(exc)), text
+
+
+def _loadable(exc: BaseException, pickler: type[_Pickler]) -> bytes:
     try:
-        data = dumps(exc)
+        buffer = io.BytesIO()
+        pickler(buffer, protocol=_PROTOCOL).dump(exc)
+        data = buffer.getvalue()
         pickle.loads(data)  # a pickle that will not load on the caller is no better than none
     except Exception:
-        data = b""
-    return data, type_name, _safely(lambda: str(exc)), text
+        return b""
+    return data
+
+
+class _StandInPickler(_Pickler):
+    """Pickles each exception of a chain that cannot travel as a TaskException describing it.
+
+    One link that cannot be rebuilt elsewhere (trio < 0.31's ``Cancelled`` has no public
+    constructor, and is the context of every ``TimeoutError`` from ``fail_after``) must
+    not cost the caller the exception the routine actually raised.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stand_ins: dict[int, TaskException] = {}  # one per link, so a cyclic chain ends
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException) and not isinstance(obj, TaskException):
+            if id(obj) in self._stand_ins or not _travels_alone(obj):
+                stand_in = self._stand_ins.setdefault(id(obj), _stand_in(obj))
+                return super().reducer_override(stand_in)
+        return super().reducer_override(obj)
+
+
+def _travels_alone(exc: BaseException) -> bool:
+    # The links are detached only for the moment of this synchronous check; the
+    # chain is the pickler's to walk, link by link.
+    saved = exc.__cause__, exc.__context__, exc.__suppress_context__, exc.__traceback__
+    exc.__cause__ = exc.__context__ = exc.__traceback__ = None
+    try:
+        return bool(_loadable(exc, _Pickler))
+    finally:
+        exc.__cause__, exc.__context__ = saved[0], saved[1]
+        exc.__suppress_context__, exc.__traceback__ = saved[2], saved[3]
+
+
+def _stand_in(exc: BaseException) -> TaskException:
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    text = _safely(lambda: "".join(traceback.format_exception(exc, chain=False)))
+    stand_in = TaskException(type_name, _safely(lambda: str(exc)), text)
+    stand_in.__cause__ = exc.__cause__
+    stand_in.__context__ = exc.__context__
+    stand_in.__suppress_context__ = exc.__suppress_context__
+    stand_in.__traceback__ = exc.__traceback__
+    return stand_in
 
 
 def _safely(describe: Callable[[], str]) -> str:
