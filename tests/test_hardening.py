@@ -23,9 +23,9 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 
 import wool
 import wool.pool._pool
+from wool.client._proxy import WorkerProxy, open_proxy
 from wool.discovery import DiscoveryEvent, MergedDiscovery, WorkerFilter, WorkerMetadata
 from wool.discovery._lan import _Browser
-from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.transport import Client, ConnectionLost, Limits, _bridge, _grpc, portal_for_host
 from wool.transport._framing import split
 from wool.worker._execute import failure

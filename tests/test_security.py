@@ -354,7 +354,7 @@ def test_wool_worker_refuses_plaintext_on_a_network_address() -> None:
 
 
 async def test_a_pool_refuses_plaintext_workers_on_the_network_unless_insecure() -> None:
-    from wool.pool._admission import refusal
+    from wool.client._admission import refusal
 
     remote = wool.WorkerMetadata(id="w", host="192.0.2.7", port=5000)
     error = refusal(remote, None, False)

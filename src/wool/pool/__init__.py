@@ -1,8 +1,13 @@
-"""Worker pools: the scope routine calls run in."""
+"""Worker pools: the scope routine calls run in.
+
+A :class:`WorkerPool` starts workers (:class:`WorkerProcess`) or finds them through
+discovery, and makes the client runtime (:mod:`wool.client`) current for the calls
+made inside it.
+"""
 
 from __future__ import annotations
 
 from wool.pool._pool import WorkerPool
-from wool.pool._proxy import WorkerProxy
+from wool.pool._process import WorkerProcess
 
-__all__ = ["WorkerPool", "WorkerProxy"]
+__all__ = ["WorkerPool", "WorkerProcess"]

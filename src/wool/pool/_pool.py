@@ -16,13 +16,14 @@ from typing import Literal
 import anyio
 
 from wool._errors import NoWorkersAvailable, WorkerStartError
+from wool.client._proxy import WorkerProxy, open_proxy
 from wool.discovery import DiscoveryLike, LocalDiscovery, MergedDiscovery, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike
-from wool.pool._proxy import WorkerProxy, open_proxy
+from wool.pool._process import WorkerProcess
 from wool.routine import Dispatcher, dispatcher_var
 from wool.security import WorkerCredentials, private_socket_path, release_socket
 from wool.transport import DEFAULT_LIMITS, Limits, Portal, current_backend, portal_for_host
-from wool.worker import WorkerConfig, WorkerProcess
+from wool.worker import WorkerConfig
 
 __all__ = ["WorkerPool"]
 

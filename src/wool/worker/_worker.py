@@ -12,9 +12,9 @@ from typing import Any
 import anyio
 
 from wool._errors import WoolError
+from wool.client._proxy import WorkerProxy, open_proxy
 from wool.discovery import WorkerMetadata
 from wool.events._observe import set_worker_id
-from wool.pool._proxy import WorkerProxy, open_proxy
 from wool.routine import set_process_dispatcher
 from wool.security import exposure
 from wool.transport import Executor, Limits, Portal, Server

@@ -31,7 +31,7 @@ from wool.transport import (
 )
 
 if TYPE_CHECKING:
-    from wool.pool._proxy import WorkerProxy
+    from wool.client._proxy import WorkerProxy
 
 __all__ = ["RemoteGenerator", "dumps_value", "outcome", "time_left"]
 

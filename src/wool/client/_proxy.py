@@ -23,12 +23,12 @@ from wool._errors import (
     WorkerLost,
 )
 from wool._serialization import Payload, too_large
+from wool.client._admission import refusal
+from wool.client._remote import RemoteGenerator, outcome
 from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
 from wool.events._observe import current_call, observe_call
 from wool.loadbalancer import CallInfo, LoadBalancerLike, RoundRobinLoadBalancer
 from wool.loadbalancer._select import Selector
-from wool.pool._admission import refusal
-from wool.pool._remote import RemoteGenerator, outcome
 from wool.routine import call_depth
 from wool.security import WorkerCredentials
 from wool.transport import (

@@ -22,7 +22,7 @@ from wool.worker._config import WorkerConfig, write_config
 
 __all__ = ["WorkerProcess"]
 
-log = logging.getLogger("wool.worker")
+log = logging.getLogger("wool.pool")
 
 # The worker must import the same wool as its parent, installed or not.
 _WOOL_ROOT = str(Path(wool.__file__).resolve().parent.parent)
