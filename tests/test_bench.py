@@ -28,6 +28,9 @@ def _bench_module() -> ModuleType:
     name = "_wool_bench_run"
     if name in sys.modules:
         return sys.modules[name]
+    benchmarks = str(ROOT / "benchmarks")
+    if benchmarks not in sys.path:  # as for the script: its directory holds its modules
+        sys.path.append(benchmarks)
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "run.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
