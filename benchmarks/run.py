@@ -90,6 +90,15 @@ this machine does not reproduce. ``--no-original`` skips it, and so does ``--qui
 ``--original`` is given; if the environment cannot be made (no network), a warning goes to
 stderr and the report says ``original: null``.
 
+``resources`` has the CPU time per call of the caller (``time.process_time``) and of each
+worker (``/proc/<pid>/stat``) over the latency calls and over each of ``--bursts`` (3)
+back-to-back bursts of ``--concurrent`` calls, the RSS of every process before and after each
+burst and each burst's calls/s, for both callers; the floor's and the grpclib reference's
+client and server CPU per call are the same-run baselines (``benchmarks/procstat.py``).
+``head_of_line`` (``benchmarks/hol.py``) is the small-call p99 on a pool of 1 while 100 MB
+echoes run on it, over the unloaded p99. ``events`` (``benchmarks/bench_events.py``) is the
+latency with one trivial ``wool.TaskEvent`` handler on both sides over the latency with none.
+
 Output: one JSON line on stdout; progress goes to stderr.
 """
 
