@@ -305,10 +305,11 @@ async def _bursts(
     """``--bursts`` bursts of ``--concurrent`` calls, back to back: each one's calls/s, CPU
     per call and the RSS of every process before and after it."""
     bursts: list[dict[str, Any]] = []
-    for _ in range(args.bursts):
+    for i in range(args.bursts):
         before = procstat.rss_snapshot(pids) if PROC else None
         meter = procstat.CpuMeter(pids).start() if PROC else None
         rate = await concurrent(_wool_call, args.concurrent)
+        _log(f"burst {i + 1} of {args.bursts}: {rate:.0f} calls/s")
         bursts.append(
             {
                 "calls_per_s": round(rate, 1),
