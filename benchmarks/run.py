@@ -303,12 +303,32 @@ async def _bursts(
     pids: list[int],
 ) -> list[dict[str, Any]]:
     """``--bursts`` bursts of ``--concurrent`` calls, back to back: each one's calls/s, CPU
-    per call and the RSS of every process before and after it."""
+    per call and the RSS of every process before and after it.
+
+    A burst after the first that fails is recorded as failed (``failed``: what went wrong)
+    and ends the series, so that the rest of the run still reports; a first burst that fails
+    fails the run (there is no throughput to report)."""
     bursts: list[dict[str, Any]] = []
     for i in range(args.bursts):
         before = procstat.rss_snapshot(pids) if PROC else None
         meter = procstat.CpuMeter(pids).start() if PROC else None
-        rate = await concurrent(_wool_call, args.concurrent)
+        try:
+            rate = await concurrent(_wool_call, args.concurrent)
+        except Exception as exc:
+            if not bursts:
+                raise
+            failed = _describe_failure(exc)
+            _log(f"WARNING: burst {i + 1} of {args.bursts} failed: {failed}")
+            bursts.append(
+                {
+                    "calls_per_s": None,
+                    "failed": failed,
+                    "cpu_us_per_call": None,
+                    "rss_mb_before": before,
+                    "rss_mb_after": None,
+                }
+            )
+            break
         _log(f"burst {i + 1} of {args.bursts}: {rate:.0f} calls/s")
         bursts.append(
             {
@@ -319,6 +339,22 @@ async def _bursts(
             }
         )
     return bursts
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """What failed: the exception, or for a group how many failed and the first of them."""
+    leaves: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                collect(inner)
+        else:
+            leaves.append(error)
+
+    collect(exc)
+    first = f"{type(leaves[0]).__name__}: {leaves[0]}"
+    return first if len(leaves) == 1 else f"{len(leaves)} calls failed, the first with {first}"
 
 
 async def _wool_phases(
@@ -1299,17 +1335,21 @@ def _caller_resources(
     bursts = [
         {
             **burst,
-            "throughput_ratio": _ratio(burst["calls_per_s"], floor["throughput_calls_per_s"]),
+            "throughput_ratio": _ratio(burst["calls_per_s"], floor["throughput_calls_per_s"])
+            if burst["calls_per_s"] is not None
+            else None,
             "cpu_ratio": _cpu_ratio(burst["cpu_us_per_call"], floor_cpu["burst"]),
         }
         for burst in resources["bursts"]
     ]
-    first, last = bursts[0], bursts[-1]
+    done = [burst for burst in bursts if burst["calls_per_s"] is not None]
+    first, last = done[0], done[-1]
     report: dict[str, Any] = {
         "latency_cpu_us_per_call": resources["latency_cpu_us_per_call"],
         "latency_cpu_ratio": _cpu_ratio(resources["latency_cpu_us_per_call"], floor_cpu["latency"]),
         "caller_rss_mb_before_pool": resources["caller_rss_mb_before_pool"],
         "bursts": bursts,
+        "bursts_failed": len(bursts) - len(done),
         "throughput_last_first_ratio": _ratio(last["calls_per_s"], first["calls_per_s"]),
         "rss_total_mb_after_last_burst": None,
         "rss_total_growth_ratio": None,
@@ -1573,6 +1613,9 @@ def _echo_summary(name: str, figures: dict[str, float]) -> str:
 def _bursts_summary(name: str, resources: dict[str, Any]) -> str:
     parts = []
     for burst in resources["bursts"]:
+        if burst["calls_per_s"] is None:
+            parts.append(f"FAILED ({burst['failed']})")
+            continue
         part = f"{burst['calls_per_s']:.0f} calls/s"
         if burst["cpu_us_per_call"] is not None:
             cpu = burst["cpu_us_per_call"]
