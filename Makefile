@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: env test test-on test-lowest test-bench demo bench proto proto-check lint docs clean
+.PHONY: env test test-on test-lowest test-bench demo bench soak proto proto-check lint docs clean
 
 # CONSTRAINTS=file pins what the environment installs (see test-lowest).
 $(READY): pyproject.toml
@@ -38,6 +38,12 @@ demo: $(READY)
 # them glibc faults in every fresh large buffer, which halves large-payload throughput.
 bench: $(READY)
 	MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=536870912 $(BIN)/python benchmarks/run.py
+
+# Mixed calls against a pool of 2 for MINUTES (10), RSS once a minute; fails on any
+# unexpected error: make soak MINUTES=1 SOAK_ARGS="--backend trio"
+MINUTES ?= 10
+soak: $(READY)
+	$(BIN)/python benchmarks/soak.py --minutes $(MINUTES) $(SOAK_ARGS)
 
 proto: $(READY)
 	$(BIN)/python protos/generate.py

@@ -90,6 +90,15 @@ this machine does not reproduce. ``--no-original`` skips it, and so does ``--qui
 ``--original`` is given; if the environment cannot be made (no network), a warning goes to
 stderr and the report says ``original: null``.
 
+``resources`` has the CPU time per call of the caller (``time.process_time``) and of each
+worker (``/proc/<pid>/stat``) over the latency calls and over each of ``--bursts`` (3)
+back-to-back bursts of ``--concurrent`` calls, the RSS of every process before and after each
+burst and each burst's calls/s, for both callers; the floor's and the grpclib reference's
+client and server CPU per call are the same-run baselines (``benchmarks/procstat.py``).
+``head_of_line`` (``benchmarks/hol.py``) is the small-call p99 on a pool of 1 while 100 MB
+echoes run on it, over the unloaded p99. ``events`` (``benchmarks/bench_events.py``) is the
+latency with one trivial ``wool.TaskEvent`` handler on both sides over the latency with none.
+
 Output: one JSON line on stdout; progress goes to stderr.
 """
 
@@ -122,12 +131,14 @@ from typing import Any
 
 import anyio
 import cloudpickle
+import procstat  # a script's directory is on sys.path
 import trio
 
 import wool
 from wool.transport import PROTOCOL_VERSION, Request, Response, Task, WorkerInfo
 
 HOST = "127.0.0.1"  # the only address this benchmark ever uses
+PROC = procstat.available()  # CPU and RSS figures need Linux's /proc; null without it
 POOL_SIZE = 2
 # The floor's throughput spreads the concurrent calls over as many connections as the pool
 # has workers, and pipelines them on each: every call writes its request at once and waits
@@ -286,28 +297,100 @@ def _wool_call(i: int) -> Awaitable[int]:
 # ---------------------------------------------------------------------------- wool
 
 
-async def _wool_asyncio(args: argparse.Namespace) -> dict[str, float]:
-    async with asyncio.timeout(args.timeout):
-        start = time.perf_counter()
-        async with wool.WorkerPool(size=POOL_SIZE):
-            started = time.perf_counter() - start
-            await _sequential(_wool_call, args.warmup)
-            samples = await _sequential(_wool_call, args.calls)
-            await _concurrent_asyncio(_wool_call, args.warmup)
-            throughput = await _concurrent_asyncio(_wool_call, args.concurrent)
-    return _figures(samples, throughput, started)
+async def _bursts(
+    args: argparse.Namespace,
+    concurrent: Callable[[Callable[[int], Awaitable[int]], int], Awaitable[float]],
+    pids: list[int],
+) -> list[dict[str, Any]]:
+    """``--bursts`` bursts of ``--concurrent`` calls, back to back: each one's calls/s, CPU
+    per call and the RSS of every process before and after it.
+
+    A burst after the first that fails is recorded as failed (``failed``: what went wrong)
+    and ends the series, so that the rest of the run still reports; a first burst that fails
+    fails the run (there is no throughput to report)."""
+    bursts: list[dict[str, Any]] = []
+    for i in range(args.bursts):
+        before = procstat.rss_snapshot(pids) if PROC else None
+        meter = procstat.CpuMeter(pids).start() if PROC else None
+        try:
+            rate = await concurrent(_wool_call, args.concurrent)
+        except Exception as exc:
+            if not bursts:
+                raise
+            failed = _describe_failure(exc)
+            _log(f"WARNING: burst {i + 1} of {args.bursts} failed: {failed}")
+            bursts.append(
+                {
+                    "calls_per_s": None,
+                    "failed": failed,
+                    "cpu_us_per_call": None,
+                    "rss_mb_before": before,
+                    "rss_mb_after": None,
+                }
+            )
+            break
+        _log(f"burst {i + 1} of {args.bursts}: {rate:.0f} calls/s")
+        bursts.append(
+            {
+                "calls_per_s": round(rate, 1),
+                "cpu_us_per_call": meter.per_call(args.concurrent) if meter else None,
+                "rss_mb_before": before,
+                "rss_mb_after": procstat.rss_snapshot(pids) if PROC else None,
+            }
+        )
+    return bursts
 
 
-async def _wool_trio(args: argparse.Namespace) -> dict[str, float]:
-    with trio.fail_after(args.timeout):
+def _describe_failure(exc: BaseException) -> str:
+    """What failed: the exception, or for a group how many failed and the first of them."""
+    leaves: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                collect(inner)
+        else:
+            leaves.append(error)
+
+    collect(exc)
+    first = f"{type(leaves[0]).__name__}: {leaves[0]}"
+    return first if len(leaves) == 1 else f"{len(leaves)} calls failed, the first with {first}"
+
+
+async def _wool_phases(
+    args: argparse.Namespace,
+    concurrent: Callable[[Callable[[int], Awaitable[int]], int], Awaitable[float]],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Latency and bursts of throughput under the running loop: (the figures, the CPU and
+    memory of the caller and each worker)."""
+    with anyio.fail_after(args.timeout):
+        rss_before_pool = procstat.rss_mb(os.getpid()) if PROC else None
         start = time.perf_counter()
-        async with wool.WorkerPool(size=POOL_SIZE):
+        async with wool.WorkerPool(size=POOL_SIZE) as pool:
             started = time.perf_counter() - start
+            pids = [w.pid for w in pool.workers]
+            if len(pids) != POOL_SIZE or not all(pids):
+                raise AssertionError(f"the pool's workers have pids {pids}")
             await _sequential(_wool_call, args.warmup)
+            meter = procstat.CpuMeter(pids).start() if PROC else None
             samples = await _sequential(_wool_call, args.calls)
-            await _concurrent_trio(_wool_call, args.warmup)
-            throughput = await _concurrent_trio(_wool_call, args.concurrent)
-    return _figures(samples, throughput, started)
+            latency_cpu = meter.per_call(args.calls) if meter else None
+            await concurrent(_wool_call, args.warmup)
+            bursts = await _bursts(args, concurrent, pids)
+    resources = {
+        "latency_cpu_us_per_call": latency_cpu,
+        "caller_rss_mb_before_pool": round(rss_before_pool, 1) if rss_before_pool else None,
+        "bursts": bursts,
+    }
+    return _figures(samples, bursts[0]["calls_per_s"], started), resources
+
+
+async def _wool_asyncio(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, Any]]:
+    return await _wool_phases(args, _concurrent_asyncio)
+
+
+async def _wool_trio(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, Any]]:
+    return await _wool_phases(args, _concurrent_trio)
 
 
 # ---------------------------------------------------------------------------- TLS
@@ -406,7 +489,16 @@ async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(HOST, port)
 
 
-async def _floor_latency(port: int, args: argparse.Namespace) -> list[float]:
+def _meter(pid: int) -> procstat.CpuMeter | None:
+    """A CPU meter of this process and the helper server ``pid``, started; None without /proc."""
+    return procstat.CpuMeter([pid]).start() if PROC else None
+
+
+def _cpu(meter: procstat.CpuMeter | None, calls: int) -> dict[str, Any] | None:
+    return meter.per_call(calls) if meter is not None else None
+
+
+async def _floor_latency(port: int, args: argparse.Namespace, cpu: dict[str, Any]) -> list[float]:
     """The simplest RPC there is: write a request, read its response, on one connection."""
     reader, writer = await _open(port)
     try:
@@ -417,12 +509,15 @@ async def _floor_latency(port: int, args: argparse.Namespace) -> list[float]:
             return pickle.loads(await _read_frame(reader))
 
         await _sequential(call, args.warmup)
-        return await _sequential(call, args.calls)
+        meter = _meter(cpu["server_pid"])
+        samples = await _sequential(call, args.calls)
+        cpu["latency"] = _cpu(meter, args.calls)
+        return samples
     finally:
         writer.close()
 
 
-async def _floor_throughput(port: int, args: argparse.Namespace) -> float:
+async def _floor_throughput(port: int, args: argparse.Namespace, cpu: dict[str, Any]) -> float:
     streams = [await _open(port) for _ in range(FLOOR_CONNECTIONS)]
     connections = [_PipelinedConnection(r, w) for r, w in streams]
     readers = [asyncio.create_task(c.read_loop()) for c in connections]
@@ -432,7 +527,10 @@ async def _floor_throughput(port: int, args: argparse.Namespace) -> float:
             return connections[i % FLOOR_CONNECTIONS].call(i)
 
         await _concurrent_asyncio(call, args.warmup)
-        return await _concurrent_asyncio(call, args.concurrent)
+        meter = _meter(cpu["server_pid"])
+        rate = await _concurrent_asyncio(call, args.concurrent)
+        cpu["burst"] = _cpu(meter, args.concurrent)
+        return rate
     finally:
         for task in readers:
             task.cancel()
@@ -440,10 +538,12 @@ async def _floor_throughput(port: int, args: argparse.Namespace) -> float:
             writer.close()
 
 
-async def _floor_client(port: int, args: argparse.Namespace) -> dict[str, float]:
+async def _floor_client(
+    port: int, args: argparse.Namespace, cpu: dict[str, Any]
+) -> dict[str, float]:
     async with asyncio.timeout(args.timeout):
-        samples = await _floor_latency(port, args)
-        throughput = await _floor_throughput(port, args)
+        samples = await _floor_latency(port, args, cpu)
+        throughput = await _floor_throughput(port, args, cpu)
     return {**_latency_stats(samples), "throughput_calls_per_s": throughput}
 
 
@@ -484,11 +584,22 @@ class _ServerProcess:
             _kill(self._process)
             self._process = None
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
 
-def _measure_floor(args: argparse.Namespace) -> dict[str, float]:
-    """Start the floor server in a second process, measure against it, always kill it."""
+
+def _measure_floor(args: argparse.Namespace, cpu: dict[str, Any]) -> dict[str, float]:
+    """Start the floor server in a second process, measure against it, always kill it.
+
+    ``cpu`` gets the CPU per call of the client and the server (``latency``, ``burst``)."""
     with _ServerProcess("--floor-server") as server:
-        return asyncio.run(_floor_client(server.port, args))
+        cpu["server_pid"] = server.pid
+        try:
+            return asyncio.run(_floor_client(server.port, args, cpu))
+        finally:
+            del cpu["server_pid"]
 
 
 def _measure_raw_rtt(args: argparse.Namespace) -> dict[str, float]:
@@ -617,6 +728,11 @@ class _GrpclibServerProcess:
                 self._process.stdout.close()
             self._process = None
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
 
 def _read_port(process: subprocess.Popen[bytes], timeout: float) -> int:
     """The first line the server prints, as a port; waits at most ``timeout`` seconds."""
@@ -641,7 +757,9 @@ def _read_port(process: subprocess.Popen[bytes], timeout: float) -> int:
     return port
 
 
-async def _grpclib_client(port: int, args: argparse.Namespace) -> dict[str, float]:
+async def _grpclib_client(
+    port: int, args: argparse.Namespace, cpu: dict[str, Any]
+) -> dict[str, float]:
     # The sizes wool sends for `add(x, y)`: the routine pickled by value (it lives in
     # __main__), the arguments pickled, an id, the routine's name, the caller, the depth.
     function = cloudpickle.dumps(add, protocol=pickle.HIGHEST_PROTOCOL)
@@ -670,18 +788,28 @@ async def _grpclib_client(port: int, args: argparse.Namespace) -> dict[str, floa
     try:
         async with asyncio.timeout(args.timeout):
             await _sequential(call, args.warmup)
+            meter = _meter(cpu["server_pid"])
             samples = await _sequential(call, args.calls)
+            cpu["latency"] = _cpu(meter, args.calls)
             await _concurrent_asyncio(call, args.warmup)
+            meter = _meter(cpu["server_pid"])
             throughput = await _concurrent_asyncio(call, args.concurrent)
+            cpu["burst"] = _cpu(meter, args.concurrent)
     finally:
         await client.close()
     return {**_latency_stats(samples), "throughput_calls_per_s": throughput}
 
 
-def _measure_grpclib(args: argparse.Namespace) -> dict[str, float]:
-    """Start the grpclib reference server, measure against it, always kill it."""
+def _measure_grpclib(args: argparse.Namespace, cpu: dict[str, Any]) -> dict[str, float]:
+    """Start the grpclib reference server, measure against it, always kill it.
+
+    ``cpu`` gets the CPU per call of the client and the server (``latency``, ``burst``)."""
     with _GrpclibServerProcess() as server:
-        return asyncio.run(_grpclib_client(server.port, args))
+        cpu["server_pid"] = server.pid
+        try:
+            return asyncio.run(_grpclib_client(server.port, args, cpu))
+        finally:
+            del cpu["server_pid"]
 
 
 # ---------------------------------------------------------------------------- the original wool
@@ -1181,6 +1309,80 @@ def _ratio(value: float, floor: float) -> float:
     return round(value / floor, 3) if floor > 0 else math.inf
 
 
+def _server_cpu(cpu: dict[str, Any] | None) -> dict[str, float] | None:
+    """A helper server's meter reading as ``{client, server}`` µs of CPU per call."""
+    if cpu is None:
+        return None
+    return {"client": cpu["caller"], "server": cpu["workers_total"]}
+
+
+def _cpu_ratio(
+    wool_cpu: dict[str, Any] | None, base: dict[str, float] | None
+) -> dict[str, float] | None:
+    """wool's CPU per call over a helper's: caller / client, workers' total / server."""
+    if wool_cpu is None or base is None:
+        return None
+    return {
+        "caller": _ratio(wool_cpu["caller"], base["client"]),
+        "workers_total": _ratio(wool_cpu["workers_total"], base["server"]),
+    }
+
+
+def _caller_resources(
+    resources: dict[str, Any], floor: dict[str, float], floor_cpu: dict[str, Any]
+) -> dict[str, Any]:
+    """One caller's CPU and memory figures, with ratios to the floor's in this run."""
+    bursts = [
+        {
+            **burst,
+            "throughput_ratio": _ratio(burst["calls_per_s"], floor["throughput_calls_per_s"])
+            if burst["calls_per_s"] is not None
+            else None,
+            "cpu_ratio": _cpu_ratio(burst["cpu_us_per_call"], floor_cpu["burst"]),
+        }
+        for burst in resources["bursts"]
+    ]
+    done = [burst for burst in bursts if burst["calls_per_s"] is not None]
+    first, last = done[0], done[-1]
+    report: dict[str, Any] = {
+        "latency_cpu_us_per_call": resources["latency_cpu_us_per_call"],
+        "latency_cpu_ratio": _cpu_ratio(resources["latency_cpu_us_per_call"], floor_cpu["latency"]),
+        "caller_rss_mb_before_pool": resources["caller_rss_mb_before_pool"],
+        "bursts": bursts,
+        "bursts_failed": len(bursts) - len(done),
+        "throughput_last_first_ratio": _ratio(last["calls_per_s"], first["calls_per_s"]),
+        "rss_total_mb_after_last_burst": None,
+        "rss_total_growth_ratio": None,
+    }
+    if last["rss_mb_after"] is not None:
+        report["rss_total_mb_after_last_burst"] = last["rss_mb_after"]["total"]
+        report["rss_total_growth_ratio"] = _ratio(
+            last["rss_mb_after"]["total"], first["rss_mb_before"]["total"]
+        )
+    return report
+
+
+def _resources_report(
+    floor: dict[str, float],
+    floor_cpu: dict[str, Any],
+    grpclib_cpu: dict[str, Any],
+    callers: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``resources`` section: CPU per call and RSS (see benchmarks/README.md)."""
+    floor_cpu = {phase: _server_cpu(floor_cpu.get(phase)) for phase in ("latency", "burst")}
+    report: dict[str, Any] = {
+        "available": PROC,
+        "floor": {f"{phase}_cpu_us_per_call": cpu for phase, cpu in floor_cpu.items()},
+        "grpclib": {
+            f"{phase}_cpu_us_per_call": _server_cpu(grpclib_cpu.get(phase))
+            for phase in ("latency", "burst")
+        },
+    }
+    for name, resources in callers.items():
+        report[name] = _caller_resources(resources, floor, floor_cpu)
+    return report
+
+
 def _targets() -> dict[str, float]:
     return {
         "asyncio_latency_median_ms_max": TARGET_LATENCY_MEDIAN_MS,
@@ -1408,12 +1610,71 @@ def _echo_summary(name: str, figures: dict[str, float]) -> str:
     )
 
 
+def _bursts_summary(name: str, resources: dict[str, Any]) -> str:
+    parts = []
+    for burst in resources["bursts"]:
+        if burst["calls_per_s"] is None:
+            parts.append(f"FAILED ({burst['failed']})")
+            continue
+        part = f"{burst['calls_per_s']:.0f} calls/s"
+        if burst["cpu_us_per_call"] is not None:
+            cpu = burst["cpu_us_per_call"]
+            part += f" (CPU/call caller {cpu['caller']:.0f} us, "
+            part += f"workers {cpu['workers_total']:.0f} us"
+            part += f"; RSS after {burst['rss_mb_after']['total']:.0f} MB)"
+        parts.append(part)
+    return f"{name} bursts: " + ", ".join(parts)
+
+
+async def _bounded(timeout: float, phase: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        return await phase
+
+
+def _measure_head_of_line(args: argparse.Namespace) -> dict[str, Any]:
+    from hol import measure
+
+    _log(f"head of line: {args.hol_calls} small calls, unloaded, then during 100 MB echoes")
+    figures = asyncio.run(
+        _bounded(
+            args.timeout,
+            measure(
+                add, echo, args.hol_calls, args.warmup, args.timeout / 4, 1 if args.quick else 2
+            ),
+        )
+    )
+    _log(
+        f"head of line: small-call p99 {figures['unloaded_p99_ms']:.3f} ms unloaded, "
+        f"{figures['loaded_p99_ms']:.3f} ms during echoes ({figures['p99_ratio']:.2f}x; "
+        f"{'met' if figures['met'] else 'NOT met'}: at most {figures['p99_ratio_max']}x)"
+    )
+    return figures
+
+
+def _measure_events(args: argparse.Namespace) -> dict[str, Any]:
+    from bench_events import measure
+
+    rounds = 1 if args.quick else 2
+    _log(f"events: {rounds} x {args.calls} calls with no handler and with one (pool of 2)")
+    figures = asyncio.run(_bounded(args.timeout, measure(add, args.calls, args.warmup, rounds)))
+    _log(
+        f"events: median {figures['none']['latency_median_ms']:.3f} ms with no handler, "
+        f"{figures['handler']['latency_median_ms']:.3f} ms with one "
+        f"({figures['latency_median_ratio']:.3f}x)"
+    )
+    return figures
+
+
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, help="sequential calls timed (default 2000)")
     parser.add_argument("--warmup", type=int, help="untimed calls before each measure (200)")
     parser.add_argument("--concurrent", type=int, help="calls started at once (default 10000)")
     parser.add_argument("--timeout", type=float, help="seconds each phase may take (300)")
+    parser.add_argument("--bursts", type=int, help="bursts of --concurrent calls, back to back (3)")
+    parser.add_argument(
+        "--hol-calls", type=int, help="small calls timed, unloaded and during echoes (1000)"
+    )
     parser.add_argument("--cancel-samples", type=int, help="cancelled calls timed (default 200)")
     parser.add_argument("--cancel-warmup", type=int, help="untimed cancelled calls first (5)")
     parser.add_argument("--loss-samples", type=int, help="workers killed mid-call (default 20)")
@@ -1427,7 +1688,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help=(
-            "small numbers, for a smoke test (100/20/500, 20/2 cancels, 3 kills, 1 generator "
+            "small numbers, for a smoke test (100/20/500, 2 bursts, 20/2 cancels, 3 kills, "
+            "1 generator "
             "call, 3 + 1 echoes, 60 s)"
         ),
     )
@@ -1453,10 +1715,11 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     names = ("calls", "warmup", "concurrent", "timeout", "cancel_samples", "cancel_warmup")
     names += ("loss_samples", "stream_items", "stream_runs", "echo_runs", "echo_large_runs")
+    names += ("bursts", "hol_calls")
     defaults = (
-        (100, 20, 500, 60.0, 20, 2, 3, STREAM_ITEMS, 1, 3, 1)
+        (100, 20, 500, 60.0, 20, 2, 3, STREAM_ITEMS, 1, 3, 1, 2, 100)
         if args.quick
-        else (2000, 200, 10000, 300.0, 200, 5, 20, STREAM_ITEMS, 3, 5, 3)
+        else (2000, 200, 10000, 300.0, 200, 5, 20, STREAM_ITEMS, 3, 5, 3, 3, 1000)
     )
     for name, default in zip(names, defaults, strict=True):
         if getattr(args, name) is None:
@@ -1467,6 +1730,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--cancel-samples and --loss-samples must be >= 1, --cancel-warmup >= 0")
     if min(args.stream_items, args.stream_runs, args.echo_runs, args.echo_large_runs) < 1:
         parser.error("--stream-items, --stream-runs and --echo-*runs must be >= 1")
+    if args.bursts < 1 or args.hol_calls < 1:
+        parser.error("--bursts and --hol-calls must be >= 1")
     return args
 
 
@@ -1486,11 +1751,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     original_python, original_unavailable = _original(args)
     _log(f"{args.calls} sequential + {args.concurrent} concurrent calls, pool of {POOL_SIZE}")
-    floor = _measure_floor(args)
+    floor_cpu: dict[str, Any] = {}
+    floor = _measure_floor(args, floor_cpu)
     _log(_summary("floor (asyncio + TCP loopback)", floor))
     floor.update(_measure_raw_rtt(args))
     _log(f"raw loopback round trip: median {floor['raw_rtt_median_ms']:.3f} ms")
-    grpclib = _measure_grpclib(args)
+    grpclib_cpu: dict[str, Any] = {}
+    grpclib = _measure_grpclib(args, grpclib_cpu)
     _log(_summary("grpclib reference (wool.transport, no dispatch; asyncio)", grpclib))
     original: dict[str, Any] | None = None
     if original_python is not None:
@@ -1505,10 +1772,13 @@ def main(argv: list[str] | None = None) -> None:
                     original,
                 )
             )
-    asyncio_figures = asyncio.run(_wool_asyncio(args))
+    callers: dict[str, dict[str, Any]] = {}
+    asyncio_figures, callers["asyncio"] = asyncio.run(_wool_asyncio(args))
     _log(_summary("wool, asyncio caller", asyncio_figures))
-    trio_figures = trio.run(_wool_trio, args)
+    _log(_bursts_summary("asyncio", callers["asyncio"]))
+    trio_figures, callers["trio"] = trio.run(_wool_trio, args)
     _log(_summary("wool, trio caller", trio_figures))
+    _log(_bursts_summary("trio", callers["trio"]))
     _log(
         f"{args.cancel_samples} cancelled calls (pool of {CANCEL_POOL_SIZE}), "
         f"{args.loss_samples} killed workers (pool of {LOSS_POOL_SIZE}) per caller"
@@ -1545,6 +1815,8 @@ def main(argv: list[str] | None = None) -> None:
         f"({'met' if tls['met'] else 'NOT met'}: at most {TLS_LATENCY_RATIO_MAX}x), "
         f"throughput {tls['throughput_ratio']:.2f}x"
     )
+    head_of_line = _measure_head_of_line(args)
+    events = _measure_events(args)
     from balance import measure as measure_balance  # a script's directory is on sys.path
 
     pairs = 10 if args.quick else 20
@@ -1577,6 +1849,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     report["tls"] = tls
     report["balance"] = balance
+    report["resources"] = _resources_report(floor, floor_cpu, grpclib_cpu, callers)
+    report["head_of_line"] = head_of_line
+    report["events"] = events
     print(json.dumps(report), flush=True)
 
 

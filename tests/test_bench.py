@@ -14,7 +14,7 @@ import pytest
 
 from .test_examples import ROOT, run_script
 
-BENCH_TIMEOUT = 180.0
+BENCH_TIMEOUT = 300.0  # --quick takes 1-3 minutes; more on a loaded shared machine
 SAME_RUN_TARGETS = {
     "asyncio_latency_speedup_min": 2.8,
     "asyncio_throughput_speedup_min": 3.0,
@@ -28,6 +28,9 @@ def _bench_module() -> ModuleType:
     name = "_wool_bench_run"
     if name in sys.modules:
         return sys.modules[name]
+    benchmarks = str(ROOT / "benchmarks")
+    if benchmarks not in sys.path:  # as for the script: its directory holds its modules
+        sys.path.append(benchmarks)
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "run.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -170,6 +173,56 @@ def test_quick_benchmark_reports_json(tmp_path: Path) -> None:
             stats["wool_mb_per_s"] / stats["floor_mb_per_s"], rel=2e-3, abs=1e-3
         ), (name, stats)
 
+    # CPU per call and RSS of every process, over back-to-back bursts, per caller.
+    resources = report["resources"]
+    assert resources["available"] is True  # the suite runs on Linux
+    for helper in ("floor", "grpclib"):
+        for phase in ("latency", "burst"):
+            cpu = resources[helper][f"{phase}_cpu_us_per_call"]
+            assert set(cpu) == {"client", "server"}, (helper, phase, cpu)
+            assert cpu["client"] > 0, (helper, phase, cpu)  # the server's may round to 0
+    for backend in ("asyncio", "trio"):
+        section = resources[backend]
+        cpu = section["latency_cpu_us_per_call"]
+        assert len(cpu["workers"]) == 2 and cpu["caller"] > 0, (backend, cpu)
+        assert cpu["workers_total"] == pytest.approx(sum(cpu["workers"]), abs=0.2)
+        assert set(section["latency_cpu_ratio"]) == {"caller", "workers_total"}
+        bursts = section["bursts"]
+        assert len(bursts) == 2, (backend, bursts)  # --quick: 2 bursts
+        for burst in bursts:
+            assert burst["calls_per_s"] > 0 and burst["throughput_ratio"] > 0, burst
+            assert len(burst["cpu_us_per_call"]["workers"]) == 2, burst
+            for when in ("rss_mb_before", "rss_mb_after"):
+                rss = burst[when]
+                assert len(rss["workers"]) == 2 and min(rss["workers"]) > 0, burst
+                assert rss["total"] == pytest.approx(rss["caller"] + sum(rss["workers"]), abs=0.2)
+        assert section["throughput_last_first_ratio"] == pytest.approx(
+            bursts[-1]["calls_per_s"] / bursts[0]["calls_per_s"], abs=2e-3
+        )
+        assert section["rss_total_mb_after_last_burst"] == bursts[-1]["rss_mb_after"]["total"]
+        assert report[backend]["throughput_calls_per_s"] == bursts[0]["calls_per_s"]
+
+    # Head of line: small calls during 100 MB echoes on the same (only) worker.
+    hol = report["head_of_line"]
+    assert hol["pool_size"] == 1 and hol["payload_bytes"] == 100_000_000, hol
+    assert hol["echoes"] >= 1 and hol["loaded_samples"] >= 1, hol
+    assert hol["p99_ratio"] == pytest.approx(
+        hol["loaded_p99_ms"] / hol["unloaded_p99_ms"], abs=2e-3
+    )
+    assert hol["p99_ratio_max"] == 3.0 and isinstance(hol["met"], bool), hol
+
+    # Events: no handler against one trivial handler on the caller and both workers.
+    events = report["events"]
+    for name in ("none", "handler"):
+        assert events[name]["latency_median_ms"] > 0, events
+        assert set(events[name]["cpu_us_per_call"]) == {"caller", "workers_total"}, events
+    assert events["latency_median_ratio"] == pytest.approx(
+        events["handler"]["latency_median_ms"] / events["none"]["latency_median_ms"], abs=2e-3
+    )
+    # Every call fires events on both sides: the handler ran where it was registered.
+    assert events["events_seen"]["caller"] >= events["calls"], events
+    assert events["events_seen"]["workers"] >= events["calls"], events
+
     balance = report["balance"]
     _positive_numbers(balance, "balance")
     assert balance["speedup"] == pytest.approx(
@@ -286,3 +339,56 @@ def test_stream_and_echo_targets() -> None:
         echo,
     )
     assert met["echo_10MB"] is False
+
+
+SOAK_TIMEOUT = 180.0
+# A defect of today's transport the soak finds (caller side, wool.transport._grpc): a call
+# cancelled while its request still waits for the connection to be writable is reset with
+# grpclib's `cancel()`, which raises "Request was not sent yet"; wool logs that as a bug.
+KNOWN_SOAK_DEFECT = "(a bug in wool) (ProtocolError: Request was not sent yet)"
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(SOAK_TIMEOUT + 60)
+def test_short_soak_runs_every_kind_of_call_and_reports_memory(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    command = [str(ROOT / "benchmarks" / "soak.py"), "--minutes", "0.5", "--interval", "10"]
+    try:
+        finished = run_script(command, work, SOAK_TIMEOUT)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = finished.stdout.strip().splitlines()
+    assert lines, finished.describe()
+    report = json.loads(lines[-1])
+
+    assert report["backend"] == "asyncio" and report["pool_size"] == 2, report
+    kinds = {"coroutine", "generator", "generator_closed", "cancelled", "cancelled_generator"}
+    kinds |= {"failing", "payload", "nested"}
+    assert set(report["calls"]) == kinds, report["calls"]
+    assert all(n > 0 for n in report["calls"].values()), report["calls"]
+    assert report["operations"] == sum(report["calls"].values())
+
+    # One RSS sample per interval (10, 20, 30 s), of the caller and of both workers.
+    samples = report["rss"]
+    assert len(samples) == 3, samples
+    for sample in samples:
+        assert len(sample["workers"]) == 2, sample
+        assert all(mb is not None and mb > 0 for mb in sample["workers"].values()), sample
+        assert sample["caller"] > 0 and sample["calls"] > 0, sample
+        assert sample["total"] == pytest.approx(
+            sample["caller"] + sum(sample["workers"].values()), abs=0.2
+        ), sample
+    assert isinstance(report["rss_growth_pct"], float), report["rss_growth_pct"]
+    assert report["workers_replaced"] is False, report
+    assert set(report["logs"]["workers"]) == {str(pid) for pid in samples[-1]["workers"]}
+
+    # Every call ended as it should have; the exit status says whether anything went wrong.
+    assert report["unexpected_errors"] == 0, report["errors"]
+    assert finished.returncode == (1 if report["logged_errors"] else 0), finished.describe()
+    logged = [*report["logs"]["caller"]["messages"]]
+    for counts in report["logs"]["workers"].values():
+        logged += counts["messages"]
+    logged = [message for message in logged if not message.startswith("WARNING")]
+    if logged and all(message.endswith(KNOWN_SOAK_DEFECT) for message in logged):
+        pytest.xfail(f"the known transport defect, logged {report['logged_errors']} times")
+    assert report["logged_errors"] == 0, logged
