@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs the suite on two xdist worker processes (--dist loadgroup). Each worker
+# imports this file, so each gets its own temp dir, and the leak checks below see only its
+# own children and files. Tests that keep both cores busy for many seconds (thousands of
+# calls, large payloads, an inner pytest, network namespaces) are marked
+# xdist_group("heavy"): they all run on one worker, one after another, so that no two of
+# them ever compete, while the other worker runs the light tests.
+
 # The suite (and every process it starts) gets a temp dir of its own, so that what it
 # leaves behind, and only that, can be found and then removed.
 SUITE_TMP = Path(tempfile.mkdtemp(prefix="wool-tests-"))
