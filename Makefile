@@ -6,11 +6,12 @@ READY := $(VENV)/.ready
 # The extra .venv installs: dev (suite, lint, protos, docs), or test (the suite alone) for the
 # environments that only run the suite (test-on, test-lowest).
 EXTRAS ?= dev
-# The suite on two xdist worker processes. Most tests wait on worker processes they start,
-# so two run in about 60% of the serial time on 2 cores; the tests that keep both cores busy
-# are grouped (xdist_group("heavy"), see tests/conftest.py) so that no two of them run at
-# once, and --dist loadgroup keeps a group on one worker. More workers than cores make the
-# timing-sensitive tests (keepalive, grace) compete for CPU. `make test XDIST=` runs serially.
+# The suite on two xdist worker processes: most tests wait on the worker processes they
+# start, so two of them share 2 cores well. The tests that keep both cores busy for long
+# (marked xdist_group("heavy"), see tests/conftest.py) all go to one worker, one after
+# another (--dist loadgroup), so that no two of them compete. More workers than cores would
+# make the timing-sensitive tests (keepalive, grace) compete for CPU. `make test XDIST=` runs
+# the suite in one process.
 XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: env env-on env-lowest test test-on test-lowest test-bench demo bench proto proto-check lint docs clean
