@@ -3,29 +3,47 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
+# The extra .venv installs: dev (suite, lint, protos, docs), or test (the suite alone) for the
+# environments that only run the suite (test-on, test-lowest).
+EXTRAS ?= dev
+# The suite on two xdist worker processes: most tests wait on the worker processes they
+# start, so two of them share 2 cores well. The tests that keep both cores busy for long
+# (marked xdist_group("heavy"), see tests/conftest.py) all go to one worker, one after
+# another (--dist loadgroup), so that no two of them compete. More workers than cores would
+# make the timing-sensitive tests (keepalive, grace) compete for CPU. `make test XDIST=` runs
+# the suite in one process.
+XDIST ?= -n 2 --dist loadgroup
 
-.PHONY: env test test-on test-lowest test-bench demo bench soak proto proto-check lint docs clean
+.PHONY: env env-on env-lowest test test-on test-lowest test-bench demo bench soak proto proto-check lint docs clean
 
 # CONSTRAINTS=file pins what the environment installs (see test-lowest).
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(READY)
 
 env: $(READY)
 
 test: $(READY)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # The suite on one more interpreter, in an environment of its own: make test-on PY=python3.12
 test-on:
-	$(MAKE) test PYTHON=$(PY) VENV=.venv-$(notdir $(PY))
+	$(MAKE) test PYTHON=$(PY) VENV=.venv-$(notdir $(PY)) EXTRAS=test
 
 # The suite with every dependency at the lowest version pyproject.toml allows.
 test-lowest:
 	$(PYTHON) .ci/lowest.py pyproject.toml > .ci/lowest.txt
-	$(MAKE) test VENV=.venv-lowest CONSTRAINTS=.ci/lowest.txt
+	$(MAKE) test VENV=.venv-lowest CONSTRAINTS=.ci/lowest.txt EXTRAS=test
+
+# Only the environments of test-on and test-lowest (.ci/run builds them while it lints).
+env-on:
+	$(MAKE) env PYTHON=$(PY) VENV=.venv-$(notdir $(PY)) EXTRAS=test
+
+env-lowest:
+	$(PYTHON) .ci/lowest.py pyproject.toml > .ci/lowest.txt
+	$(MAKE) env VENV=.venv-lowest CONSTRAINTS=.ci/lowest.txt EXTRAS=test
 
 # The tests that run the benchmark harness end to end (minutes): not part of `make test`.
 test-bench: $(READY)

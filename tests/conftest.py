@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -9,6 +10,39 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# `make test` runs the suite on two xdist worker processes (--dist loadgroup). Each worker
+# imports this file, so each gets its own temp dir, and the leak checks below see only its
+# own children and files. Tests that keep both cores busy for many seconds (thousands of
+# calls, large payloads, an inner pytest, network namespaces) are marked
+# xdist_group("heavy"): they all run on one worker, one after another, so that no two of
+# them ever compete, while the other worker runs the light tests.
+
+
+# Grouped tests whose group xdist lost (see below): each of them fails, saying why.
+UNGROUPED: set[str] = set()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under --dist loadgroup, xdist keeps a group on one worker by a suffix it adds to the
+    ids of the group's tests; some pytest versions lose it, and the heavy tests would then
+    run side by side without a word."""
+    if hasattr(config, "workerinput") and config.getoption("loadgroup", False):
+        UNGROUPED.update(
+            i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+        )
+
+
+@pytest.fixture(autouse=True)
+def grouped(request: pytest.FixtureRequest) -> None:
+    if request.node.nodeid in UNGROUPED:
+        pytest.fail(
+            f"pytest-xdist {importlib.metadata.version('pytest-xdist')} could not keep "
+            f"this xdist_group test on one worker under pytest {pytest.__version__}: use a "
+            "pytest that pyproject.toml's test extra allows"
+        )
+
 
 # The suite (and every process it starts) gets a temp dir of its own, so that what it
 # leaves behind, and only that, can be found and then removed.

@@ -158,6 +158,7 @@ def test_examples_are_found() -> None:
     assert {p.name for p in EXAMPLES} >= set(EXPECTED_OUTPUT)
 
 
+@pytest.mark.xdist_group("heavy")  # never two at once: see tests/conftest.py
 @pytest.mark.timeout(SCRIPT_TIMEOUT + 60)
 @pytest.mark.parametrize("args", EXAMPLE_RUNS)
 def test_example_runs(args: list[Path | str], work: Path) -> None:

@@ -23,6 +23,8 @@ from .netns import Lab, Proc, skip_unless_possible
 
 WOOL = Path(sys.executable).parent / "wool"
 SERVING = r"serving at (\S+):(\d+) \((\w+), pid (\d+)\)"
+# Each test runs a handful of processes with 20 s waits: one at a time (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("heavy")
 
 
 @pytest.fixture

@@ -255,6 +255,7 @@ def rss(process_id: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.xdist_group("heavy")  # never two at once: see tests/conftest.py
 async def test_a_slow_consumer_keeps_memory_flat_on_both_ends() -> None:
     import os
 
@@ -280,6 +281,7 @@ async def test_a_slow_consumer_keeps_memory_flat_on_both_ends() -> None:
 # Large payloads
 
 
+@pytest.mark.xdist_group("heavy")  # never two at once: see tests/conftest.py
 async def test_large_values_travel_in_chunks_both_ways() -> None:
     data = bytes(range(256)) * (24 * MiB // 256)
     # Both ends refuse any message over 1 MiB: this passes only if payloads are chunked.

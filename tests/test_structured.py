@@ -191,11 +191,13 @@ async def test_a_call_that_arrives_after_its_deadline_never_starts() -> None:
 # Nested calls at scale
 
 
+@pytest.mark.xdist_group("heavy")  # never two at once: see tests/conftest.py
 async def test_recursive_fib_18_on_two_workers() -> None:
     async with wool.WorkerPool(size=2):
         assert await fib(18) == 2584
 
 
+@pytest.mark.xdist_group("heavy")  # never two at once: see tests/conftest.py
 async def test_fan_out_of_5000_nested_calls_in_flight(tmp_path: Path) -> None:
     async with wool.WorkerPool(size=2):
         with anyio.fail_after(110):

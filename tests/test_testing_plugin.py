@@ -36,6 +36,9 @@ def run_pytest(project: Path, *args: str) -> tuple[int, str]:
     # Under CI pytest does not shorten the summary lines, which then repeat each message.
     env.pop("CI", None)
     env.pop("BUILD_NUMBER", None)
+    # A user's run, not a worker of this suite's xdist run.
+    for name in [n for n in env if n.startswith("PYTEST_XDIST_")]:
+        del env[name]
     output = project / "output.txt"
     with open(output, "w") as out:
         process = subprocess.Popen(
@@ -90,6 +93,7 @@ def docs_test_module() -> str:
     return match[1]
 
 
+@pytest.mark.xdist_group("heavy")  # never two at once: see tests/conftest.py
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_the_example_and_the_docs_test_files_pass_under_both_backends(project: Path) -> None:
     shutil.copy(EXAMPLE, project / EXAMPLE.name)
@@ -170,6 +174,7 @@ async def test_the_pool_still_serves_after_leftovers(wool_pool, anyio_backend):
 """
 
 
+@pytest.mark.xdist_group("heavy")  # never two at once: see tests/conftest.py
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_one_pool_per_module_and_backend_current_only_where_asked_and_leftovers_fail(
     project: Path,
