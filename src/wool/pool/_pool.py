@@ -197,7 +197,7 @@ class WorkerPool:
         Spawned and discovered workers alike, those suspended for not answering too, in
         the order of their ids. Each worker has ``timeout`` seconds to answer; one that
         does not (dead, hung, unreachable) is reported with ``calls`` None and the
-        reason in ``error``, so the whole takes about ``timeout`` at most.
+        reason in ``error``: the whole takes ``timeout`` plus half a second at most.
 
         Raises:
             ValueError: ``timeout`` is not a finite number of seconds > 0.

@@ -17,6 +17,9 @@ __all__ = ["CallStats", "LatencyStats", "WorkerStats", "ask_workers", "check_tim
 
 log = logging.getLogger("wool.pool")
 
+#: Seconds past a worker's timeout before its question is abandoned.
+_SLACK = 0.5
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -130,7 +133,8 @@ def check_timeout(timeout: float) -> None:
 async def ask_workers(
     portal: Portal, workers: Sequence[tuple[WorkerMetadata, Client]], timeout: float
 ) -> list[WorkerStats]:
-    """Ask each worker, all at once, for its figures; each has ``timeout`` seconds."""
+    """Ask each worker, all at once, for its figures; each has ``timeout`` seconds (and
+    is abandoned half a second later whatever the transport does)."""
     answers: dict[str, WorkerStats] = {}
 
     async def ask(worker: WorkerMetadata, client: Client) -> None:
@@ -146,8 +150,10 @@ async def _ask(
     portal: Portal, worker: WorkerMetadata, client: Client, timeout: float
 ) -> WorkerStats:
     try:
-        # The transport's own timeout covers the request; this one the connection too.
-        with anyio.fail_after(timeout):
+        # The transport's deadline ends the request; this bound, a little later, is for
+        # whatever it might not cover (cancelling the transport right as its own deadline
+        # fires would leave its outcome unread).
+        with anyio.fail_after(timeout + _SLACK):
             info = await portal.run(client.info, timeout)
     except TimeoutError:
         return WorkerStats(worker, None, f"no answer within {timeout:g} s")
