@@ -39,7 +39,7 @@ class LatencyStats:
     calls: int
     #: Mean latency in seconds; None when no call ended in the window.
     mean: float | None
-    #: The 99th percentile (nearest rank) in seconds, read from a log-scale histogram:
+    #: The 99th percentile (nearest rank) in seconds, read from a log-scale histogram, so
     #: never below the true value and at most 4.5% above it; None when no call ended.
     p99: float | None
     #: The longest latency in seconds; None when no call ended in the window.
@@ -60,11 +60,11 @@ class CallStats:
     running: int
     #: Root calls the worker accepted that wait for one of its concurrency slots.
     queued: int
-    #: Calls that returned (generators: that were exhausted or closed).
+    #: Calls that returned (generators that were exhausted or closed).
     completed: int
     #: Calls whose routine raised (or that failed inside the worker).
     failed: int
-    #: Calls cancelled: by their caller or its loss, by their deadline, or by the worker
+    #: Calls cancelled by their caller or its loss, by their deadline, or by the worker
     #: stopping.
     cancelled: int
     #: Calls the worker refused before they started (it was stopping, the caller's
@@ -72,7 +72,7 @@ class CallStats:
     rejected: int
     #: Seconds since the worker started serving.
     uptime: float
-    #: The worker is draining: it finishes its calls and takes no new root calls.
+    #: True while the worker drains (it finishes its calls and takes no new root calls).
     stopping: bool
     #: Latency of the coroutine calls that ended in the last minute.
     latency: LatencyStats
@@ -92,7 +92,7 @@ class WorkerStats:
 
     @property
     def answered(self) -> bool:
-        """The worker answered: :attr:`calls` holds its figures."""
+        """True when the worker answered, and :attr:`calls` holds its figures."""
         return self.calls is not None
 
 
