@@ -208,7 +208,8 @@ class WorkerService:
         running = self._running.get(call_id)
         if running is None:
             return False
-        running.counted = anyio.Event()
+        if running.counted is None:  # a second Cancel of the call waits for the same
+            running.counted = anyio.Event()
         running.execution.cancel()
         with anyio.move_on_after(running.grace):
             await running.execution.wait(running.grace)
