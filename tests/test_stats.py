@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import trustme
 
 import wool
 from wool.transport import PROTOCOL_VERSION, Client, Request, Task, portal_for_host
@@ -21,6 +22,7 @@ from wool.worker._figures import LatencyWindow
 from .event_recorder import count_to
 from .routines import add, fail, hold, sleep_then_mark
 from .test_discovery import WOOL, Worker, start_worker
+from .test_security import credentials, write
 
 pytestmark = pytest.mark.anyio
 
@@ -252,6 +254,31 @@ def test_watch_ends_on_ctrl_c_without_a_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in stderr, stderr
     finally:
         assert worker.stop() == 0
+
+
+def test_watch_asks_a_tls_worker_only_with_credentials(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    served = write(credentials(ca, "127.0.0.1"), tmp_path / "worker")
+    worker = start_worker("--namespace", namespace, "--host", "127.0.0.1", *served)
+    try:
+        worker.wait_for("serving at")
+        asked: dict[str, str] = {}
+        for name, options in (("with", write(credentials(ca), tmp_path / "me")), ("without", [])):
+            watch = [*WOOL, "workers", "--namespace", namespace, "--watch", "0.2", "--count", "1"]
+            result = subprocess.run(
+                [*watch, *options],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+            asked[name] = result.stdout
+    finally:
+        assert worker.stop() == 0
+    assert [row["STATE"] for table in frames(asked["with"]) for row in table] == ["ok"]
+    assert [row["STATE"] for table in frames(asked["without"]) for row in table] == ["no answer"]
+    assert "requires TLS: pass --tls-cert, --tls-key and --tls-ca" in asked["without"]
 
 
 def test_count_goes_with_watch() -> None:
