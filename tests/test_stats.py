@@ -265,9 +265,9 @@ def test_watch_asks_a_tls_worker_only_with_credentials(tmp_path: Path) -> None:
         worker.wait_for("serving at")
         asked: dict[str, str] = {}
         for name, options in (("with", write(credentials(ca), tmp_path / "me")), ("without", [])):
-            watch = [*WOOL, "workers", "--namespace", namespace, "--watch", "0.2", "--count", "1"]
+            command = [*WOOL, "workers", "--namespace", namespace, "--watch", "0.2", "--count", "1"]
             result = subprocess.run(
-                [*watch, *options],
+                [*command, *options],
                 capture_output=True,
                 text=True,
                 timeout=60,
