@@ -11,6 +11,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from math import floor, log2
 
 from wool.transport import Latency, Response
 
@@ -20,10 +21,7 @@ __all__ = ["CallFigures", "LatencyWindow"]
 _BINS_PER_DOUBLING = 16
 #: Latencies below this count as this (the clock cannot tell them apart anyway).
 _SHORTEST = 1e-9
-
-
-def _bin(seconds: float) -> int:
-    return math.floor(math.log2(max(seconds, _SHORTEST)) * _BINS_PER_DOUBLING)
+_SHORTEST_BIN = floor(log2(_SHORTEST) * _BINS_PER_DOUBLING)
 
 
 def _bin_top(index: int) -> float:
@@ -54,21 +52,22 @@ class LatencyWindow:
             raise ValueError(f"span must be at least 1 second, got {span!r}")
         self.span = span
         self._seconds: deque[_Second] = deque()
+        self._current = _Second(-1)  # the newest bucket (a placeholder until the first call)
 
     def add(self, seconds: float, now: float) -> None:
         """Record a call that took ``seconds`` and ended at ``now`` (a monotonic time)."""
-        second = int(now)
-        buckets = self._seconds
-        if not buckets or buckets[-1].second != second:
-            buckets.append(_Second(second))
-            self._forget(second)
-        bucket = buckets[-1]
+        bucket = self._current
+        if bucket.second != int(now):
+            bucket = self._current = _Second(int(now))
+            self._seconds.append(bucket)
+            self._forget(bucket.second)
         bucket.calls += 1
         bucket.total += seconds
         if seconds > bucket.longest:
             bucket.longest = seconds
-        index = _bin(seconds)
-        bucket.bins[index] = bucket.bins.get(index, 0) + 1
+        index = _SHORTEST_BIN if seconds <= _SHORTEST else floor(log2(seconds) * _BINS_PER_DOUBLING)
+        bins = bucket.bins
+        bins[index] = bins.get(index, 0) + 1
 
     def _forget(self, second: int) -> None:
         buckets = self._seconds
