@@ -16,7 +16,7 @@ import wool
 import wool.otel
 
 from .event_recorder import count_to
-from .otel_hooks import EXPORTER, broken, describe, finished_spans, install, nest
+from .otel_hooks import EXPORTER, broken, descend, describe, finished_spans, install, nest
 from .routines import die
 
 pytestmark = pytest.mark.anyio
@@ -72,6 +72,41 @@ async def test_nested_calls_make_one_tree(traced: None) -> None:
     # A server span is in the worker's process, its client span in the caller's.
     assert all(s["pid"] != os.getpid() for s in tree if s["kind"] == "SERVER")
     assert len({s["pid"] for s in tree}) >= 2
+
+
+async def test_a_three_level_call_tree_is_one_trace_across_four_processes(traced: None) -> None:
+    # Each level opens a pool of its own for the next, so that no two levels share a
+    # process: caller, level 0, level 1 and level 2 run in four different processes.
+    async with wool.WorkerPool(size=1, imports=HOOKS):
+        below = await descend(3)
+        spans = [describe(s) for s in EXPORTER.get_finished_spans()]
+        spans += below + await finished_spans()
+    tree = [s for s in spans if s["attributes"].get("wool.routine") == "descend"]
+    assert len(tree) == 6  # a client and a server span per call
+    assert len({s["trace"] for s in tree}) == 1
+    by_id = {s["span"]: s for s in tree}
+    (root,) = [s for s in tree if s["parent"] not in by_id]
+    chain, node = [root], root
+    while children := [s for s in tree if s["parent"] == node["span"]]:
+        (node,) = children
+        chain.append(node)
+    assert [(s["kind"], s["attributes"]["wool.depth"]) for s in chain] == [
+        ("CLIENT", 0),
+        ("SERVER", 0),
+        ("CLIENT", 1),
+        ("SERVER", 1),
+        ("CLIENT", 2),
+        ("SERVER", 2),
+    ]
+    # Each call's server span is in the process of the next call's client span, and every
+    # level is in a process of its own, the caller's first.
+    pids = [s["pid"] for s in chain]
+    assert pids[0] == os.getpid()
+    assert (pids[1], pids[3]) == (pids[2], pids[4])
+    levels = [pids[0], pids[1], pids[3], pids[5]]
+    assert len(set(levels)) == 4, levels
+    # The spans say so themselves: the resource of each names its process.
+    assert [s["resource_pid"] for s in chain] == pids
 
 
 async def test_a_failure_is_recorded_on_both_spans(traced: None) -> None:

@@ -41,12 +41,13 @@ from wool.loadbalancer import (
     LoadBalancerLike,
     RoundRobinLoadBalancer,
 )
-from wool.pool import WorkerPool
+from wool.pool import CallStats, LatencyStats, WorkerPool, WorkerStats
 from wool.routine import Routine, routine
 from wool.security import WorkerCredentials
 
 __all__ = [
     "CallInfo",
+    "CallStats",
     "Candidate",
     "ContextVar",
     "DiscoveryEvent",
@@ -55,6 +56,7 @@ __all__ = [
     "DnsDiscovery",
     "EventKind",
     "LanDiscovery",
+    "LatencyStats",
     "LeastLoadedLoadBalancer",
     "LoadBalancerLike",
     "LocalDiscovery",
@@ -75,6 +77,7 @@ __all__ = [
     "WorkerMetadata",
     "WorkerPool",
     "WorkerStartError",
+    "WorkerStats",
     "__version__",
     "routine",
 ]

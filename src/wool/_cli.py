@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import os
 import socket
 import sys
@@ -111,10 +112,39 @@ def _parser() -> argparse.ArgumentParser:
         help="level of the worker's log (default: %(default)s)",
     )
 
-    workers = commands.add_parser("workers", help="list the workers a discovery sees")
+    workers = commands.add_parser(
+        "workers",
+        help="list the workers a discovery sees, or watch what they do",
+        description="List the workers a discovery sees; with --watch, show a table of "
+        "each one's live figures (calls running, completed, failed, cancelled, and the "
+        "latency of the last minute), refreshed until Ctrl-C.",
+    )
     _discovery_options(workers)
     workers.add_argument(
-        "--wait", type=float, help="seconds to listen (default: 0.3 for local, 3 for lan)"
+        "--wait",
+        type=_seconds,
+        help="seconds to listen before listing (default: 0.3 for local, 3 for lan)",
+    )
+    workers.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="refresh a table of live figures every SECONDS (2 if omitted) until Ctrl-C "
+        "(default: list once)",
+    )
+    workers.add_argument(
+        "--count",
+        type=_positive_int,
+        help="with --watch: stop after COUNT tables (default: until Ctrl-C)",
+    )
+    workers.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=2.0,
+        help="with --watch: seconds each worker has to answer before it shows as "
+        "'no answer' (default: %(default)g)",
     )
     _tls_options(workers)
     return parser
@@ -174,6 +204,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 
@@ -329,6 +366,11 @@ def _workers(args: argparse.Namespace) -> int:
         print(f"wool workers: {exc}", file=sys.stderr)
         return 2
     discovery = _discovery(args)
+    if args.watch is not None:
+        return _watch(args, discovery, seconds, credentials)
+    if args.count is not None:
+        print("wool workers: --count goes with --watch", file=sys.stderr)
+        return 2
     workers = anyio.run(_collect, discovery, seconds)
     if not workers:
         print(
@@ -339,6 +381,30 @@ def _workers(args: argparse.Namespace) -> int:
         return 0
     status = None if credentials is None else anyio.run(_verify, workers, credentials)
     print(_table(workers, status))
+    return 0
+
+
+def _watch(
+    args: argparse.Namespace,
+    discovery: DiscoveryLike,
+    seconds: float,
+    credentials: WorkerCredentials | None,
+) -> int:
+    from wool._watch import Watch, watch
+
+    options = Watch(
+        discovery=discovery,
+        where=_where(discovery),
+        first_wait=seconds,
+        interval=args.watch,
+        count=args.count,
+        timeout=args.timeout,
+        credentials=credentials,
+    )
+    try:
+        anyio.run(watch, options)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends
     return 0
 
 

@@ -103,6 +103,11 @@ class WorkerProxy:
         """The workers in rotation."""
         return [w for w in self._known.values() if w.id not in self._suspects]
 
+    @property
+    def known(self) -> list[WorkerMetadata]:
+        """The workers in rotation and those suspended for failing calls."""
+        return list(self._known.values())
+
     def add(self, worker: WorkerMetadata) -> None:
         known = self._known.get(worker.id)
         if known == worker:
@@ -183,6 +188,10 @@ class WorkerProxy:
         if not workers and self._refused:  # nothing to wait for: say why instead
             raise next(reversed(self._refused.values()))
         return workers
+
+    def client(self, worker: WorkerMetadata) -> Client:
+        """The connections to ``worker`` that calls use (made on first use)."""
+        return self._client(worker)
 
     def _client(self, worker: WorkerMetadata) -> Client:
         client = self._clients.get(worker.id)

@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from wool.pool._pool import WorkerPool
 from wool.pool._process import WorkerProcess
+from wool.pool._stats import CallStats, LatencyStats, WorkerStats
 
-__all__ = ["WorkerPool", "WorkerProcess"]
+__all__ = ["CallStats", "LatencyStats", "WorkerPool", "WorkerProcess", "WorkerStats"]

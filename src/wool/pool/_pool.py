@@ -20,6 +20,7 @@ from wool.client._proxy import WorkerProxy, open_proxy
 from wool.discovery import DiscoveryLike, LocalDiscovery, MergedDiscovery, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike
 from wool.pool._process import WorkerProcess
+from wool.pool._stats import WorkerStats, ask_workers, check_timeout
 from wool.routine import Dispatcher, dispatcher_var
 from wool.security import WorkerCredentials, private_socket_path, release_socket
 from wool.transport import DEFAULT_LIMITS, Limits, Portal, current_backend, portal_for_host
@@ -108,6 +109,9 @@ class WorkerPool:
         wool.NoWorkersAvailable: entering a pool with ``discovery``: no worker (with the
             pool's tags) was found within ``start_timeout``.
         RuntimeError: entering a pool that is already open; make one per ``async with``.
+
+    :meth:`stats` reports what each worker is doing (calls running, completed, failed,
+    cancelled, recent latency); ``wool workers --watch`` shows the same as a live table.
     """
 
     def __init__(
@@ -187,6 +191,25 @@ class WorkerPool:
         Spawned and discovered workers alike, minus those suspended for not answering.
         """
         return [] if self._proxy is None else self._proxy.workers
+
+    async def stats(self, timeout: float = 2.0) -> list[WorkerStats]:
+        """Ask every worker of the pool for its live figures, all at once.
+
+        Spawned and discovered workers alike, those suspended for not answering too, in
+        the order of their ids. Each worker has ``timeout`` seconds to answer; one that
+        does not (dead, hung, unreachable) is reported with ``calls`` None and the
+        reason in ``error``: the whole takes ``timeout`` plus half a second at most.
+
+        Raises:
+            ValueError: ``timeout`` is not a finite number of seconds > 0.
+            RuntimeError: the pool is not open.
+        """
+        check_timeout(timeout)
+        proxy, portal = self._proxy, self._portal
+        if proxy is None or portal is None:
+            raise RuntimeError("the pool is not open; call stats() inside `async with pool`")
+        workers = sorted(proxy.known, key=lambda w: w.id)
+        return await ask_workers(portal, [(w, proxy.client(w)) for w in workers], timeout)
 
     async def __aenter__(self) -> WorkerPool:
         if self._portal is not None:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -28,6 +29,7 @@ from wool.transport import (
     WorkerInfo,
 )
 from wool.worker._execute import CANCELLED, execute, failure
+from wool.worker._figures import CallFigures
 from wool.worker._stream import GeneratorSession
 
 __all__ = ["WorkerService"]
@@ -37,6 +39,18 @@ log = logging.getLogger("wool.worker")
 
 def _rejected(reason: RejectedReason, detail: str) -> Response:
     return Response(rejected=Rejected(reason=reason, detail=detail))
+
+
+class _Running:
+    """A call between its start and its end (and the count of its outcome)."""
+
+    __slots__ = ("counted", "execution", "grace")
+
+    def __init__(self, execution: Execution[Response], grace: float) -> None:
+        self.execution = execution
+        self.grace = grace
+        # Set once the call's outcome is counted; made only when Cancel waits for it.
+        self.counted: anyio.Event | None = None
 
 
 class WorkerService:
@@ -59,7 +73,8 @@ class WorkerService:
         self._slots: anyio.Semaphore | None = None
         self._default_grace = default_grace
         self._on_stop_request = on_stop_request
-        self._running: dict[str, tuple[Execution[Response], float]] = {}
+        self._running: dict[str, _Running] = {}
+        self.figures = CallFigures()
         self._stopping = False
         self._idle: anyio.Event | None = None
         self.metadata: WorkerMetadata | None = None
@@ -74,6 +89,7 @@ class WorkerService:
     async def _dispatch(self, request: Request) -> Response:
         task = request.task
         if task is None:
+            self.figures.refused()
             return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
         return await self._admit(task, functools.partial(execute, task, self.limits))
 
@@ -83,14 +99,37 @@ class WorkerService:
         """Run a task the worker accepts, or answer why it refuses it."""
         refused = self._refusal(task)
         if refused is not None:
+            self.figures.refused()
             return refused
+        began = time.monotonic()
+        try:
+            response = await self._admitted(task, run)
+        except anyio.get_cancelled_exc_class():
+            self.figures.ended(CANCELLED, began, timed=False)
+            raise
+        except BaseException:
+            self.figures.ended(None, began, timed=False)
+            raise
+        self.figures.ended(response, began, timed=not task.generator)
+        return response
+
+    async def _admitted(
+        self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]
+    ) -> Response:
         if task.depth == 0 and self._concurrency is not None:
             if self._slots is None:
                 self._slots = anyio.Semaphore(self._concurrency)
-            async with self._slots:
+            self.figures.queued += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.figures.queued -= 1
+            try:
                 if self._stopping:  # the worker began to stop while the call waited
                     return _rejected(RejectedReason.STOPPING, "the worker is stopping")
                 return await self._execute(task, run)
+            finally:
+                self._slots.release()
         return await self._execute(task, run)
 
     def _refusal(self, task: Task) -> Response | None:
@@ -135,6 +174,7 @@ class WorkerService:
     ) -> Response:
         task = request.task
         if task is None:
+            self.figures.refused()
             return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
         portal = self._portal
 
@@ -152,11 +192,15 @@ class WorkerService:
         self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]
     ) -> Response:
         execution = self._executor.start(run, on_cancelled=CANCELLED)
-        self._running[task.id] = (execution, task.grace)
+        running = self._running[task.id] = _Running(execution, task.grace)
         try:
             return await execution.wait(task.grace)
         finally:
             del self._running[task.id]
+            if running.counted is not None:
+                # _admit counts the outcome before this loop runs anything else, so
+                # an Info call made once Cancel has answered counts the call.
+                running.counted.set()
             if self._idle is not None and not self._running:
                 self._idle.set()
 
@@ -164,14 +208,16 @@ class WorkerService:
         running = self._running.get(call_id)
         if running is None:
             return False
-        execution, grace = running
-        execution.cancel()
-        with anyio.move_on_after(grace):
-            await execution.wait(grace)
+        if running.counted is None:  # a second Cancel of the call waits for the same
+            running.counted = anyio.Event()
+        running.execution.cancel()
+        with anyio.move_on_after(running.grace):
+            await running.execution.wait(running.grace)
+            await running.counted.wait()
         return True
 
     def info(self) -> WorkerInfo:
-        metadata = self.metadata
+        metadata, figures = self.metadata, self.figures
         assert metadata is not None
         return WorkerInfo(
             id=metadata.id,
@@ -185,6 +231,13 @@ class WorkerService:
             running=len(self._running),
             secure=metadata.secure,
             stopping=self._stopping,
+            queued=figures.queued,
+            completed=figures.completed,
+            failed=figures.failed,
+            cancelled=figures.cancelled,
+            rejected=figures.rejected,
+            uptime=figures.uptime(),
+            latency=figures.latency.summary(time.monotonic()),
         )
 
     async def stop(self, grace: float) -> None:
@@ -200,7 +253,7 @@ class WorkerService:
                 await self._idle.wait()
         if self._running:
             log.warning("cancelling %d call(s) still running after %g s", len(self._running), grace)
-            for execution, _ in list(self._running.values()):
-                execution.cancel()
+            for running in list(self._running.values()):
+                running.execution.cancel()
             with anyio.move_on_after(grace):
                 await self._idle.wait()  # pyright: ignore[reportOptionalMemberAccess]

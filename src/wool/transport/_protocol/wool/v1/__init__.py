@@ -12,6 +12,7 @@ __all__ = (
     "Failure",
     "InfoRequest",
     "Items",
+    "Latency",
     "Rejected",
     "RejectedReason",
     "Request",
@@ -183,6 +184,46 @@ class Items(betterproto2.Message):
 
 
 default_message_pool.register_message("wool.v1", "Items", Items)
+
+
+@dataclass(eq=False, repr=False)
+class Latency(betterproto2.Message):
+    """
+    Latency of the coroutine calls that returned or raised on a worker in its
+    recent window: from the moment the worker accepted a call to its answer
+    (waiting for a concurrency slot included; the network and the caller's own
+    queue not). Cancelled calls and generator calls are left out: their length
+    is their caller's to decide.
+    """
+
+    window: "float" = betterproto2.field(1, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds the window covers (the last minute).
+    """
+
+    calls: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    Calls that ended in the window.
+    """
+
+    mean: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds; 0 when no call ended in the window.
+    """
+
+    p99: "float" = betterproto2.field(4, betterproto2.TYPE_DOUBLE)
+    """
+    The 99th percentile (nearest rank), in seconds, never below the true value
+    and at most 4.5% above it; 0 when no call ended in the window.
+    """
+
+    max: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    The longest, in seconds; 0 when no call ended in the window.
+    """
+
+
+default_message_pool.register_message("wool.v1", "Latency", Latency)
 
 
 @dataclass(eq=False, repr=False)
@@ -452,6 +493,13 @@ default_message_pool.register_message("wool.v1", "Task", Task)
 
 @dataclass(eq=False, repr=False)
 class WorkerInfo(betterproto2.Message):
+    """
+    Identity, health and live figures of a worker. In the figures from
+    `completed` on, each call counts once, when it ends, under the way it ended,
+    and every call counts: root and nested, coroutine and generator. A worker of
+    an earlier wool sends no figures (they read as zero, `latency` as absent).
+    """
+
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     host: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
@@ -469,12 +517,50 @@ class WorkerInfo(betterproto2.Message):
     backend: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
 
     running: "int" = betterproto2.field(9, betterproto2.TYPE_UINT32)
+    """
+    Calls running now (root and nested, coroutine and generator calls).
+    """
 
     secure: "bool" = betterproto2.field(10, betterproto2.TYPE_BOOL)
 
     stopping: "bool" = betterproto2.field(11, betterproto2.TYPE_BOOL)
     """
     The worker is draining: it finishes its calls and takes no new root calls.
+    """
+
+    queued: "int" = betterproto2.field(12, betterproto2.TYPE_UINT32)
+    """
+    Root calls accepted but waiting for one of the worker's concurrency slots.
+    """
+
+    completed: "int" = betterproto2.field(13, betterproto2.TYPE_UINT64)
+    """
+    Calls that returned (generators: exhausted or closed) since the worker started.
+    """
+
+    failed: "int" = betterproto2.field(14, betterproto2.TYPE_UINT64)
+    """
+    Calls whose routine raised (or that failed inside the worker).
+    """
+
+    cancelled: "int" = betterproto2.field(15, betterproto2.TYPE_UINT64)
+    """
+    Calls cancelled: by their caller (or its loss), their deadline, or the worker stopping.
+    """
+
+    rejected: "int" = betterproto2.field(16, betterproto2.TYPE_UINT64)
+    """
+    Calls refused before they started (see Rejected).
+    """
+
+    uptime: "float" = betterproto2.field(17, betterproto2.TYPE_DOUBLE)
+    """
+    Seconds since the worker started serving.
+    """
+
+    latency: "Latency | None" = betterproto2.field(18, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    Latency of the coroutine calls that returned or raised in the last minute.
     """
 
 
