@@ -1,12 +1,11 @@
 """Entry point of a worker process: ``python -m wool.worker REPORT_FD``.
 
-The backend-specific part of the worker lives here: it starts the event loop of the
-pool's backend and, for trio, the nursery routines run in.
+It starts an event loop of the pool's backend, with a task group for the routines, and
+serves until stopped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import logging
@@ -18,10 +17,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import trio
+import anyio
 
-from wool.transport import asyncio_executor, portal_for_host, trio_executor
-from wool.transport._bridge import new_event_loop
+from wool.transport import backend_named, executor_for_host, portal_for_host
 from wool.worker._config import WorkerConfig, read_config
 from wool.worker._worker import serve
 
@@ -68,31 +66,22 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def run(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
-    """Run a worker in this process, on the event loop of ``config.backend``, until stopped."""
-    if config.backend == "trio":
-        _run_trio(config, report)
-    else:
-        _run_asyncio(config, report)
+    """Run a worker in this process, on a new event loop of ``config.backend``, until stopped.
 
+    The same shape on every backend: grpclib on the transport's loop thread, the routines
+    in a task group of the main thread's loop, which user code may block without the
+    worker looking dead to its callers.
+    """
 
-def _run_asyncio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
-    async def main() -> None:
-        portal = portal_for_host()
-        await serve(config, portal, asyncio_executor(), report)
-
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(main())
-
-
-def _run_trio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
     async def main() -> None:
         portal = portal_for_host()
         try:
-            async with trio.open_nursery() as nursery:
-                await serve(config, portal, trio_executor(nursery.start_soon), report)
-                nursery.cancel_scope.cancel()
+            async with anyio.create_task_group() as routines:
+                executor = executor_for_host(portal, routines.start_soon)
+                await serve(config, portal, executor, report)
+                routines.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # The nursery wraps what serve() raised; the error is serve()'s, as on asyncio.
+            # The task group wraps what serve() raised; the error is serve()'s.
             sole = _sole(group)
             if sole is None:
                 raise
@@ -100,7 +89,7 @@ def _run_trio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) ->
         finally:
             portal.close()
 
-    trio.run(main)
+    backend_named(config.backend).run(main)
 
 
 def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
