@@ -94,12 +94,21 @@ class Mailbox:
     def _drain(self) -> None:
         self._scheduled = False
         queue = self._queue
-        while queue:
+        # A bounded batch per loop iteration: thousands of operations posted at once must
+        # not hold the loop (and the pings it answers) for one long iteration.
+        for _ in range(min(len(queue), _BATCH)):
             fn, args = queue.popleft()
             try:
                 fn(*args)
             except Exception:
                 log.exception("a callback crossing between threads failed (a bug in wool)")
+        if queue and not self._scheduled:
+            self._scheduled = True
+            self._wake(self._drain)
+
+
+# Callbacks a mailbox runs per wake-up; what is left waits for the next loop iteration.
+_BATCH = 64
 
 
 class LoopThread:
