@@ -13,13 +13,15 @@ Every test runs real worker processes under asyncio and trio.
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import anyio
 import pytest
 
 import wool
-from tests.routines import block, sleep_then_mark, whereami
+from tests.routines import block, remaining_time, sleep_then_mark, whereami
+from tests.test_discovery import start_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -80,3 +82,79 @@ async def test_a_routine_that_blocks_its_workers_loop_for_a_minute_returns_its_r
             assert await block(60, how) == worker.pid
         assert [w.id for w in pool.workers] == [worker.id]
     assert "suspended" not in caplog.text
+
+
+# Deadlines: what the caller had left when it made the call, counted on the worker from
+# the call's arrival, so that the time it waits there for a slot counts.
+
+
+async def test_the_time_a_call_waits_for_a_slot_on_its_worker_counts_against_its_deadline(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(
+        "--namespace", namespace, "--concurrency", "1", "--backend", anyio_backend
+    )
+    holder = tmp_path / "holder"
+    left: float | None = None
+    try:
+        worker.wait_for("serving at")
+        # Two pools: each sees the worker's one slot free, so the second one's call queues
+        # on the worker rather than in its caller.
+        async with wool.WorkerPool(discovery=wool.LocalDiscovery(namespace)):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sleep_then_mark, 1.5, str(holder))  # through the first pool
+                await wait_until_exists(holder)
+                async with wool.WorkerPool(discovery=wool.LocalDiscovery(namespace)):
+                    with anyio.fail_after(5):
+                        left = await remaining_time()
+        # It queued until the holder's 1.5 s sleep ended, over a second: at most 5 - 1 s
+        # were left when it started (before the fix the worker saw all 5).
+        assert holder.read_text() == "started finally"
+        assert left is not None and 0 < left < 4.2
+    finally:
+        worker.stop()
+
+
+async def test_a_call_whose_deadline_passes_while_it_waits_for_a_slot_is_refused(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(
+        "--namespace", namespace, "--concurrency", "1", "--backend", anyio_backend
+    )
+    holder, late = tmp_path / "holder", tmp_path / "late"
+    outcome: list[BaseException] = []
+
+    async def queued() -> None:
+        try:
+            with anyio.fail_after(1):
+                await sleep_then_mark(0, str(late))
+        except TimeoutError as exc:
+            outcome.append(exc)
+
+    try:
+        worker.wait_for("serving at")
+        async with wool.WorkerPool(discovery=wool.LocalDiscovery(namespace)):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sleep_then_mark, 2.0, str(holder))  # through the first pool
+                await wait_until_exists(holder)
+                async with wool.WorkerPool(discovery=wool.LocalDiscovery(namespace)):
+                    async with anyio.create_task_group() as calls:
+                        calls.start_soon(queued)
+                        await anyio.sleep(0.2)  # the call is sent, and queues on the worker
+                        # This caller's loop stops past the holder's end, so its own scope
+                        # cannot cancel the queued call: the worker finds it expired when
+                        # the slot frees.
+                        time.sleep(3)  # noqa: ASYNC251
+        assert len(outcome) == 1  # the TimeoutError a local call gets
+        assert holder.read_text() == "started finally"
+        assert not late.exists(), "a call whose deadline passed while it queued ran"
+    finally:
+        worker.stop()
+
+
+async def wait_until_exists(path: Path) -> None:
+    with anyio.fail_after(30):
+        while not path.exists():
+            await anyio.sleep(0.01)

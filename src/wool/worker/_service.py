@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -27,7 +28,7 @@ from wool.transport import (
     Task,
     WorkerInfo,
 )
-from wool.worker._execute import CANCELLED, execute, failure
+from wool.worker._execute import CANCELLED, execute, failure, time_left
 from wool.worker._stream import GeneratorSession
 
 __all__ = ["WorkerService"]
@@ -72,15 +73,19 @@ class WorkerService:
             return failure(WoolError(f"the worker failed the call: {exc!r}"), self.limits)
 
     async def _dispatch(self, request: Request) -> Response:
+        received = time.monotonic()
         task = request.task
         if task is None:
             return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
-        return await self._admit(task, functools.partial(execute, task, self.limits))
+        return await self._admit(
+            task, received, functools.partial(execute, task, self.limits, received)
+        )
 
     async def _admit(
-        self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]
+        self, task: Task, received: float, run: Callable[[anyio.CancelScope], Awaitable[Response]]
     ) -> Response:
-        """Run a task the worker accepts, or answer why it refuses it."""
+        """Run a task the worker accepts, or answer why it refuses it. ``received``: when
+        the task arrived (``time.monotonic()``), where its deadline counts from."""
         refused = self._refusal(task)
         if refused is not None:
             return refused
@@ -90,6 +95,12 @@ class WorkerService:
             async with self._slots:
                 if self._stopping:  # the worker began to stop while the call waited
                     return _rejected(RejectedReason.STOPPING, "the worker is stopping")
+                left = time_left(task, received)
+                if left is not None and left <= 0:
+                    return _rejected(
+                        RejectedReason.EXPIRED,
+                        "the caller's deadline passed while the call waited for a slot",
+                    )
                 return await self._execute(task, run)
         return await self._execute(task, run)
 
@@ -133,6 +144,7 @@ class WorkerService:
         receive: Callable[[], Coroutine[Any, Any, Request | None]],
         send: Callable[[Response], Coroutine[Any, Any, None]],
     ) -> Response:
+        received = time.monotonic()
         task = request.task
         if task is None:
             return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
@@ -145,8 +157,8 @@ class WorkerService:
         async def send_answer(response: Response) -> None:
             await portal.run(send, response)
 
-        session = GeneratorSession(task, self.limits, receive_step, send_answer)
-        return await self._admit(task, session.run)
+        session = GeneratorSession(task, self.limits, receive_step, send_answer, received)
+        return await self._admit(task, received, session.run)
 
     async def _execute(
         self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]
