@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -246,4 +247,17 @@ async def hold(marker: str, seconds: float) -> int:
     """Write this worker's pid to ``marker``, then sleep."""
     Path(marker).write_text(str(os.getpid()))
     await anyio.sleep(seconds)
+    return os.getpid()
+
+
+@wool.routine
+async def block(seconds: float, how: str) -> int:
+    """Block the worker's event loop for ``seconds`` without awaiting: compute (``"cpu"``)
+    or ``time.sleep`` (``"sleep"``); return the worker's pid."""
+    if how == "sleep":
+        time.sleep(seconds)  # noqa: ASYNC251 (blocking is the point)
+    else:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
     return os.getpid()

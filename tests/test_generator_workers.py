@@ -16,7 +16,7 @@ from wool.transport import (
     Request,
     Response,
     Task,
-    asyncio_executor,
+    executor_for_host,
     portal_for_host,
 )
 from wool.worker._service import WorkerService
@@ -115,9 +115,9 @@ async def test_a_worker_bug_in_a_generator_call_is_answered_not_reset() -> None:
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("a bug in the worker")
 
-    executor = asyncio_executor()
-    executor.start = broken  # type: ignore[method-assign]
     portal = portal_for_host()
+    executor = executor_for_host(portal, broken)
+    executor.start = broken  # type: ignore[method-assign]
     service = WorkerService(executor, portal, default_grace=1, on_stop_request=lambda _: None)
     sent: list[Response] = []
 

@@ -24,7 +24,7 @@ from wool.transport import (
     RejectedReason,
     Request,
     Task,
-    asyncio_executor,
+    executor_for_host,
     portal_for_host,
 )
 from wool.worker._service import WorkerService
@@ -175,9 +175,9 @@ async def test_a_call_that_arrives_after_its_deadline_never_starts() -> None:
     def never_run(*_: object) -> None:
         raise AssertionError("an expired call must not start")
 
-    executor = asyncio_executor()
-    executor.start = never_run  # type: ignore[method-assign]
     portal = portal_for_host()
+    executor = executor_for_host(portal, never_run)
+    executor.start = never_run  # type: ignore[method-assign]
     service = WorkerService(executor, portal, default_grace=1, on_stop_request=lambda _: None)
     task = Task(version=PROTOCOL_VERSION, id="late", timeout=0.0, grace=1.0)
     try:

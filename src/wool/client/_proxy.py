@@ -39,6 +39,7 @@ from wool.transport import (
     ConnectionLost,
     Limits,
     Portal,
+    Rejected,
     RejectedReason,
     Request,
     Response,
@@ -319,6 +320,7 @@ class WorkerProxy:
     ) -> Any:
         """Run one call on a worker and return its result or raise its exception."""
         grace = self._grace if grace is None else grace
+        deadline = _deadline(timeout)
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout)
         assert request.task is not None
@@ -330,7 +332,11 @@ class WorkerProxy:
                 )
                 client = self._client(worker)
                 try:
-                    response = await self._portal.run(client.call, request)
+                    if _expired(request.task, deadline):
+                        # Its time ran out while it waited for a worker: nothing is sent.
+                        response = _EXPIRED
+                    else:
+                        response = await self._portal.run(client.call, request)
                 except Unreachable as exc:
                     self._suspend(worker, str(exc))
                     continue  # never sent: another worker may take it
@@ -367,6 +373,7 @@ class WorkerProxy:
         The worker runs up to ``prefetch`` items ahead of the ones asked for.
         """
         grace = self._grace if grace is None else grace
+        deadline = _deadline(timeout)
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout, generator=True)
         assert request.task is not None
@@ -384,6 +391,8 @@ class WorkerProxy:
                         await self._selector.choose(info, self._usable, self.changed)
                     )
                     client = self._client(worker)
+                    if _expired(request.task, deadline):
+                        await outcome("rejected", _EXPIRED.rejected, routine, worker)
                     try:
                         call = await self._portal.run(client.open, request)
                     except Unreachable as exc:
@@ -457,6 +466,27 @@ class WorkerProxy:
         for worker_id in list(self._clients):
             self._forget_client(worker_id)
         await self._close_forgotten(wait=True)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """The moment a call made now with ``timeout`` seconds left expires."""
+    return None if timeout is None else anyio.current_time() + timeout
+
+
+def _expired(task: Task, deadline: float | None) -> bool:
+    """Set the seconds ``task`` has left (measured now, before each attempt to send it,
+    however long it waited for a worker); whether none are left."""
+    if deadline is None:
+        return False
+    task.timeout = deadline - anyio.current_time()
+    return task.timeout <= 0
+
+
+_EXPIRED = Response(
+    rejected=Rejected(
+        reason=RejectedReason.EXPIRED, detail="the deadline passed before the call was sent"
+    )
+)
 
 
 class open_proxy:

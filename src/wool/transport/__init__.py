@@ -1,13 +1,15 @@
 """wool's transport: the wire protocol and how it is carried (internal).
 
 The rest of wool sees a narrow interface: a :class:`Portal` to run transport operations
-from the host's backend, a :class:`Client` per worker (``call``, ``cancel``, ``info``,
-``stop``) and a :class:`Server` that hands requests to a :class:`Service`. grpclib, HTTP/2
-and the framing stay behind it.
+from the host (grpclib runs on a loop thread of its own, whatever the host's backend), an
+:class:`Executor` to run a worker's routines on the host, a :class:`Client` per worker
+(``call``, ``cancel``, ``info``, ``stop``) and a :class:`Server` that hands requests to a
+:class:`Service`. grpclib, HTTP/2 and the framing stay behind it.
 """
 
 from __future__ import annotations
 
+from wool.transport._backends import BACKENDS, backend_named, current_backend
 from wool.transport._bridge import (
     ConnectionLost,
     Execution,
@@ -15,10 +17,8 @@ from wool.transport._bridge import (
     LoopThread,
     Portal,
     Unreachable,
-    asyncio_executor,
-    current_backend,
+    executor_for_host,
     portal_for_host,
-    trio_executor,
 )
 from wool.transport._framing import DEFAULT_LIMITS, Limits
 from wool.transport._grpc import CallStream, Client, Server, Service
@@ -39,6 +39,7 @@ from wool.transport._protocol.wool.v1 import (
 )
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_LIMITS",
     "PROTOCOL_VERSION",
     "CallStream",
@@ -65,10 +66,10 @@ __all__ = [
     "Task",
     "Unreachable",
     "WorkerInfo",
-    "asyncio_executor",
+    "backend_named",
     "current_backend",
+    "executor_for_host",
     "portal_for_host",
-    "trio_executor",
 ]
 
 #: Version of the messages in ``protos/wool/v1``; a worker refuses tasks of another version.

@@ -1,17 +1,23 @@
-"""The bridge between anyio hosts and grpclib's asyncio loop.
+"""The bridge between anyio hosts and grpclib's asyncio loop thread.
 
-grpclib needs an asyncio loop. On an asyncio host it runs on the host's own loop and
-calls are plain awaits. On a trio host it runs on a dedicated loop thread (uvloop where
-installed), and every transport operation is handed over through this module, which maps
-cancellation both ways:
+grpclib needs an asyncio loop. It runs on a loop of its own, in a daemon thread
+(:class:`LoopThread`, uvloop's loop where installed), for asyncio and trio hosts alike: the
+host's code (a caller's program, a worker's routines) can then block its own loop for as
+long as it likes without starving the transport, which keeps answering HTTP/2 pings, so a
+busy peer is never taken for a dead one.
 
-- a cancelled trio scope cancels the asyncio task that runs the operation and waits for
-  it to finish before the trio task sees ``Cancelled``;
-- an asyncio cancellation nobody asked for (grpclib can leak one when a connection closes)
-  surfaces as :class:`ConnectionLost`, never as a cancellation.
+Everything crosses between the threads through :class:`Mailbox` es, which run callbacks in
+the order they were posted and wake their thread once for all the callbacks posted while
+it was busy (a thread wake-up costs more than the callback). Two kinds of crossing:
 
-This is the only module of wool (with the worker's backend-specific entry point) that uses
-asyncio or trio directly.
+- a :class:`Portal` runs a transport operation on the loop thread for the host; a
+  cancelled host scope cancels the operation and waits for it to finish before the host
+  sees its cancellation, and an asyncio cancellation nobody asked for (grpclib can leak one
+  when a connection closes) surfaces as :class:`ConnectionLost`, never as a cancellation;
+- an :class:`Executor` runs a worker's routine on the host for a handler on the loop thread.
+
+The host side is plain anyio; the one thing that depends on the host's backend, how to
+post a callback into its thread, comes from :mod:`wool.transport._backends`.
 """
 
 from __future__ import annotations
@@ -21,15 +27,16 @@ import contextlib
 import contextvars
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 import outcome
-import sniffio
-import trio
 
 from wool._errors import WoolError
+from wool.transport._backends import Spawn, host_backend
+from wool.transport._backends._asyncio import new_event_loop
 
 __all__ = [
     "CoalescingTransport",
@@ -37,13 +44,11 @@ __all__ = [
     "Execution",
     "Executor",
     "LoopThread",
+    "Mailbox",
     "Portal",
     "Unreachable",
-    "asyncio_executor",
-    "current_backend",
-    "new_event_loop",
+    "executor_for_host",
     "portal_for_host",
-    "trio_executor",
 ]
 
 log = logging.getLogger("wool.transport")
@@ -60,18 +65,50 @@ class Unreachable(ConnectionLost):
     """No connection could be made: the call was never sent."""
 
 
-def current_backend() -> str:
-    """``"asyncio"`` or ``"trio"``: the async library running the current task."""
-    return sniffio.current_async_library()
+class Mailbox:
+    """Callbacks to run in one thread, in the order they were posted, from any thread.
+
+    ``wake(drain)`` must make that thread call ``drain()`` soon (and may be called from
+    any thread); it is called once for all the callbacks posted until ``drain`` runs.
+    """
+
+    __slots__ = ("_queue", "_scheduled", "_wake")
+
+    def __init__(self, wake: Callable[[Callable[[], None]], None]) -> None:
+        self._wake = wake
+        self._queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        self._queue.append((fn, args))
+        # Racy on purpose (under the GIL): a drain clears the flag *before* it empties the
+        # queue, so an item is either seen by a drain under way or schedules a new one.
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._wake(self._drain)
+            except BaseException:
+                self._scheduled = False
+                raise
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        queue = self._queue
+        # A bounded batch per loop iteration: thousands of operations posted at once must
+        # not hold the loop (and the pings it answers) for one long iteration.
+        for _ in range(min(len(queue), _BATCH)):
+            fn, args = queue.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("a callback crossing between threads failed (a bug in wool)")
+        if queue and not self._scheduled:
+            self._scheduled = True
+            self._wake(self._drain)
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new asyncio loop: uvloop's where it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+# Callbacks a mailbox runs per wake-up; what is left waits for the next loop iteration.
+_BATCH = 64
 
 
 class LoopThread:
@@ -86,8 +123,14 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = new_event_loop()
+        self.mailbox = Mailbox(self._wake)
         self._thread = threading.Thread(target=self._run, name="wool-transport", daemon=True)
         self._thread.start()
+
+    def _wake(self, drain: Callable[[], None]) -> None:
+        # A fresh context: the poster's may say "trio" to sniffio (anyio.run sets it), and
+        # anyio code on this asyncio loop must not believe it.
+        self.loop.call_soon_threadsafe(drain, context=contextvars.Context())
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -141,95 +184,69 @@ class Portal(Protocol):
     def close(self) -> None: ...
 
 
-class _DirectPortal:
-    """Asyncio host: the transport shares the host's loop; no thread hop.
+class _Operation(Generic[T]):
+    """One transport operation run for the host: started, maybe cancelled, and finished
+    on the loop thread; awaited on the host."""
 
-    Each operation still runs in a task of its own: grpclib cancels the task it runs in
-    when a connection fails and never un-cancels it, which would leave a caller's task
-    looking cancelled to anyio ever after.
-    """
+    __slots__ = ("_args", "_fn", "_host", "_task", "done", "result")
 
-    async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        task = asyncio.get_running_loop().create_task(fn(*args))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                task.cancel()
-                await _finish(task)
-                raise
-            if _cancelling() == 0:
-                raise ConnectionLost("the transport was cancelled without being asked to") from None
-            raise
+    def __init__(
+        self, fn: Callable[..., Coroutine[Any, Any, T]], args: tuple[Any, ...], host: Mailbox
+    ) -> None:
+        self._fn = fn
+        self._args = args
+        self._host = host
+        self._task: asyncio.Task[T] | None = None
+        self.done = anyio.Event()
+        self.result: outcome.Outcome[T] | None = None
 
-    def close(self) -> None:
-        pass
+    def start(self) -> None:  # on the loop thread
+        # A task of its own: grpclib cancels the task it runs in when a connection fails.
+        self._task = task = asyncio.get_running_loop().create_task(self._fn(*self._args))
+        task.add_done_callback(self._finished)
 
+    def cancel(self) -> None:  # on the loop thread, always after start()
+        if self._task is not None:
+            self._task.cancel()
 
-async def _finish(task: asyncio.Task[Any]) -> None:
-    """Wait for a cancelled task to end, through further cancellations of the waiter."""
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({task})
+    def _finished(self, task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            self.result = outcome.Error(asyncio.CancelledError())
+        elif (exc := task.exception()) is not None:
+            self.result = outcome.Error(exc)
+        else:
+            self.result = outcome.Value(task.result())
+        self._host.post(self.done.set)
 
 
 class _ThreadPortal:
-    """Trio host: the transport runs on a loop thread; one hand-over per operation."""
+    """Hands transport operations to the loop thread; one hop each way per operation."""
 
     def __init__(self) -> None:
         self._thread = LoopThread.acquire()
         self.loop = self._thread.loop
+        self.transport = self._thread.mailbox
+        self.host = Mailbox(host_backend().waker())
         self._closed = False
 
     async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         if self._closed:
             # Its loop may be stopped already: the operation would never run.
             raise ConnectionLost("the transport of this pool is closed")
-        loop = self.loop
-        token = trio.lowlevel.current_trio_token()
-        waiter = trio.lowlevel.current_task()
-        handle: list[asyncio.Task[T]] = []
-        cancel_requested = False
-
-        def finished(task: asyncio.Task[T]) -> None:
-            if task.cancelled():
-                result: outcome.Outcome[T] = outcome.Error(asyncio.CancelledError())
-            elif (exc := task.exception()) is not None:
-                result = outcome.Error(exc)
-            else:
-                result = outcome.Value(task.result())
-            token.run_sync_soon(trio.lowlevel.reschedule, waiter, result)
-
-        def start() -> None:
-            # A fresh context: the caller's says "trio" to sniffio (anyio.run sets it),
-            # and anyio code on this asyncio loop must not believe it.
-            task = loop.create_task(fn(*args), context=contextvars.Context())
-            handle.append(task)
-            task.add_done_callback(finished)
-            if cancel_requested:
-                task.cancel()
-
-        def cancel() -> None:
-            if handle:
-                handle[0].cancel()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            nonlocal cancel_requested
-            cancel_requested = True
-            loop.call_soon_threadsafe(cancel)
-            # Wait for the asyncio side to finish unwinding; it reschedules us.
-            return trio.lowlevel.Abort.FAILED
-
-        loop.call_soon_threadsafe(start)
+        operation = _Operation(fn, args, self.host)
+        self.transport.post(operation.start)
         try:
-            result: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        except asyncio.CancelledError:
-            if cancel_requested:
-                await trio.lowlevel.checkpoint()  # raises the Cancelled that trio asked for
+            await operation.done.wait()
+        except anyio.get_cancelled_exc_class():
+            self.transport.post(operation.cancel)
+            # The host's cancellation completes once the operation has unwound.
+            with anyio.CancelScope(shield=True):
+                await operation.done.wait()
+            raise
+        result = cast(outcome.Outcome[T], operation.result)
+        if isinstance(result, outcome.Error) and isinstance(result.error, asyncio.CancelledError):
             raise ConnectionLost("the transport was cancelled without being asked to") from None
-        if cancel_requested:
-            await trio.lowlevel.checkpoint()
-        return result
+        return result.unwrap()
 
     def close(self) -> None:
         if not self._closed:
@@ -238,15 +255,14 @@ class _ThreadPortal:
 
 
 def portal_for_host() -> Portal:
-    """A portal for the calling task's backend. Close it when done."""
-    if current_backend() == "trio":
-        return _ThreadPortal()
-    return _DirectPortal()
+    """A portal for the calling task (asyncio or trio). Close it when done."""
+    return _ThreadPortal()
 
 
-# Executors: where a worker runs routines. The grpclib handler (on the asyncio loop) starts
-# an execution and awaits its outcome; cancelling the handler cancels the routine's scope
-# and waits, up to a grace period, for the routine to finish unwinding.
+# Executors: where a worker runs routines. The grpclib handler (on the loop thread) starts
+# an execution and awaits its outcome; the routine runs on the host, in a task the host's
+# task group spawns. Cancelling the handler cancels the routine's scope and waits, up to a
+# grace period, for the routine to finish unwinding.
 
 Run = Callable[[anyio.CancelScope], Awaitable[T]]
 
@@ -261,73 +277,42 @@ class Executor(Protocol):
     def start(self, run: Run[T], *, on_cancelled: T) -> Execution[T]: ...
 
 
-class _AsyncioExecution(Generic[T]):
-    """The routine runs in its own task on the worker's loop: no thread hop."""
-
-    def __init__(self, run: Run[T], on_cancelled: T) -> None:
-        self._scope = anyio.CancelScope()
-        self._on_cancelled = on_cancelled
-        self._task = asyncio.get_running_loop().create_task(self._main(run))
-
-    async def _main(self, run: Run[T]) -> T:
-        return await run(self._scope)
-
-    def cancel(self) -> None:
-        self._scope.cancel()
-
-    async def wait(self, grace: float) -> T:
-        try:
-            return await asyncio.shield(self._task)
-        except asyncio.CancelledError:
-            if self._task.done():
-                # The routine's own task was cancelled from outside its scope (shutdown).
-                if _cancelling() == 0:
-                    return self._on_cancelled
-                raise
-            self.cancel()
-            await _wait_bounded(self._task, grace)
-            raise
-
-
-class _TrioExecution(Generic[T]):
-    """The routine runs in the worker's trio thread; the handler waits on the loop."""
+class _HostExecution(Generic[T]):
+    """A routine run on the host for a handler that waits on the loop thread."""
 
     def __init__(
-        self,
-        run: Run[T],
-        on_cancelled: T,
-        token: trio.lowlevel.TrioToken,
-        spawn: Callable[..., None],
+        self, run: Run[T], on_cancelled: T, host: Mailbox, transport: Mailbox, spawn: Spawn
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._future: asyncio.Future[T] = self._loop.create_future()
+        self._future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._on_cancelled = on_cancelled
-        self._token = token
+        self._host = host
+        self._transport = transport
         self._scope: anyio.CancelScope | None = None
         self._cancel_requested = False
-        token.run_sync_soon(spawn, self._main, run)
+        host.post(spawn, self._main, run)
 
-    async def _main(self, run: Run[T]) -> None:
+    async def _main(self, run: Run[T]) -> None:  # on the host
         self._scope = anyio.CancelScope()
         if self._cancel_requested:
             self._scope.cancel()
         try:
             result: outcome.Outcome[T] = outcome.Value(await run(self._scope))
-        except trio.Cancelled:
+        except anyio.get_cancelled_exc_class():
+            # Cancelled from outside its own scope: the worker is shutting down.
             result = outcome.Value(self._on_cancelled)
             raise
         except BaseException as exc:
             result = outcome.Error(exc)
         finally:
-            self._loop.call_soon_threadsafe(_settle, self._future, result)  # pyright: ignore[reportPossiblyUnboundVariable]
+            self._transport.post(_settle, self._future, result)  # pyright: ignore[reportPossiblyUnboundVariable]
 
-    def _cancel_in_trio(self) -> None:
+    def _cancel_on_host(self) -> None:
         self._cancel_requested = True
         if self._scope is not None:
             self._scope.cancel()
 
     def cancel(self) -> None:
-        self._token.run_sync_soon(self._cancel_in_trio)
+        self._host.post(self._cancel_on_host)
 
     async def wait(self, grace: float) -> T:
         try:
@@ -354,33 +339,25 @@ async def _wait_bounded(future: asyncio.Future[Any], grace: float) -> None:
         await asyncio.wait({future}, timeout=grace)
 
 
-def _cancelling() -> int:
-    task = asyncio.current_task()
-    return 0 if task is None else task.cancelling()
-
-
-class _AsyncioExecutor:
-    def start(self, run: Run[T], *, on_cancelled: T) -> Execution[T]:
-        return _AsyncioExecution(run, on_cancelled)
-
-
-class _TrioExecutor:
-    def __init__(self, token: trio.lowlevel.TrioToken, spawn: Callable[..., None]) -> None:
-        self._token = token
+class _HostExecutor:
+    def __init__(self, portal: _ThreadPortal, spawn: Spawn) -> None:
         self._spawn = spawn
+        # The portal's mailboxes: what crosses for calls and for their routines shares
+        # the wake-ups.
+        self._host = portal.host
+        self._transport = portal.transport
 
     def start(self, run: Run[T], *, on_cancelled: T) -> Execution[T]:
-        return _TrioExecution(run, on_cancelled, self._token, self._spawn)
+        return _HostExecution(run, on_cancelled, self._host, self._transport, self._spawn)
 
 
-def asyncio_executor() -> Executor:
-    """Runs routines on the current asyncio loop (an asyncio worker)."""
-    return _AsyncioExecutor()
-
-
-def trio_executor(spawn: Callable[..., None]) -> Executor:
-    """Runs routines in the calling trio thread; ``spawn`` is a nursery's ``start_soon``."""
-    return _TrioExecutor(trio.lowlevel.current_trio_token(), spawn)
+def executor_for_host(portal: Portal, spawn: Spawn) -> Executor:
+    """Runs routines on the calling host (asyncio or trio), for handlers on the loop thread
+    of ``portal`` (from :func:`portal_for_host`); ``spawn`` is the ``start_soon`` of the
+    task group they run in."""
+    if not isinstance(portal, _ThreadPortal):
+        raise TypeError(f"executor_for_host needs a portal from portal_for_host(), got {portal!r}")
+    return _HostExecutor(portal, spawn)
 
 
 _DIRECT_WRITE = 64 * 1024

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -18,7 +19,17 @@ from wool.events._observe import run_started, run_stopped
 from wool.routine import Routine, call_depth
 from wool.transport import DEFAULT_LIMITS, Cancelled, Exhausted, Failure, Limits, Response, Task
 
-__all__ = ["CANCELLED", "EXHAUSTED", "execute", "failure", "load_call", "pickle_value", "run_in"]
+__all__ = [
+    "CANCELLED",
+    "EXHAUSTED",
+    "deadline_of",
+    "execute",
+    "failure",
+    "load_call",
+    "pickle_value",
+    "run_in",
+    "time_left",
+]
 
 log = logging.getLogger("wool.worker")
 
@@ -58,8 +69,11 @@ def _shortened(text: str, room: int) -> str:
     return f"{head}{note}{tail}"
 
 
-async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Response:
-    """Run the task's routine inside ``scope``, under the caller's deadline."""
+async def execute(
+    task: Task, limits: Limits, received: float, scope: anyio.CancelScope
+) -> Response:
+    """Run the task's routine inside ``scope``, under the caller's deadline (``received``:
+    when the task arrived, on ``time.monotonic()``)."""
     baseline = _context.snapshot()
 
     async def call() -> Response:
@@ -71,7 +85,7 @@ async def execute(task: Task, limits: Limits, scope: anyio.CancelScope) -> Respo
         # A Payload in a bytes field: the transport joins or chunks it (framing.split).
         return data if isinstance(data, Response) else Response(result=cast(bytes, data))
 
-    response = await run_in(scope, task, deadline_of(task), call, limits)
+    response = await run_in(scope, task, deadline_of(task, received), call, limits)
     return _with_context(response, baseline, limits)
 
 
@@ -86,9 +100,20 @@ def _with_context(response: Response, baseline: dict[str, Any], limits: Limits) 
     return response
 
 
-def deadline_of(task: Task) -> float | None:
-    """When the caller's deadline passes, on this worker's clock."""
-    return None if task.timeout is None else anyio.current_time() + task.timeout
+def time_left(task: Task, received: float) -> float | None:
+    """Seconds left now before the caller's deadline, None without one.
+
+    ``Task.timeout`` is what the caller had left when it sent the task; it counts from
+    ``received``, the ``time.monotonic()`` of the task's arrival here, so the time the call
+    waited on this worker (for a slot, for the routines' loop) counts against it.
+    """
+    return None if task.timeout is None else task.timeout - (time.monotonic() - received)
+
+
+def deadline_of(task: Task, received: float) -> float | None:
+    """When the caller's deadline passes, on the clock of the calling task's loop."""
+    left = time_left(task, received)
+    return None if left is None else anyio.current_time() + left
 
 
 async def run_in(

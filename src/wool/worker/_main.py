@@ -1,12 +1,12 @@
 """Entry point of a worker process: ``python -m wool.worker REPORT_FD``.
 
-The backend-specific part of the worker lives here: it starts the event loop of the
-pool's backend and, for trio, the nursery routines run in.
+It starts an event loop of the pool's backend, with a task group for the routines, and
+serves until stopped.
 """
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -18,10 +18,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import trio
+import anyio
 
-from wool.transport import asyncio_executor, portal_for_host, trio_executor
-from wool.transport._bridge import new_event_loop
+from wool.transport import backend_named, executor_for_host, portal_for_host
 from wool.worker._config import WorkerConfig, read_config
 from wool.worker._worker import serve
 
@@ -68,31 +67,22 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def run(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
-    """Run a worker in this process, on the event loop of ``config.backend``, until stopped."""
-    if config.backend == "trio":
-        _run_trio(config, report)
-    else:
-        _run_asyncio(config, report)
+    """Run a worker in this process, on a new event loop of ``config.backend``, until stopped.
 
+    The same shape on every backend: grpclib on the transport's loop thread, the routines
+    in a task group of the main thread's loop, which user code may block without the
+    worker looking dead to its callers.
+    """
 
-def _run_asyncio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
-    async def main() -> None:
-        portal = portal_for_host()
-        await serve(config, portal, asyncio_executor(), report)
-
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(main())
-
-
-def _run_trio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) -> None:
     async def main() -> None:
         portal = portal_for_host()
         try:
-            async with trio.open_nursery() as nursery:
-                await serve(config, portal, trio_executor(nursery.start_soon), report)
-                nursery.cancel_scope.cancel()
+            async with anyio.create_task_group() as routines:
+                executor = executor_for_host(portal, routines.start_soon)
+                await serve(config, portal, executor, report)
+                routines.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # The nursery wraps what serve() raised; the error is serve()'s, as on asyncio.
+            # The task group wraps what serve() raised; the error is serve()'s.
             sole = _sole(group)
             if sole is None:
                 raise
@@ -100,7 +90,7 @@ def _run_trio(config: WorkerConfig, report: Callable[[dict[str, Any]], None]) ->
         finally:
             portal.close()
 
-    trio.run(main)
+    backend_named(config.backend).run(main)
 
 
 def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -120,8 +110,18 @@ def _reraise(exc: BaseException) -> NoReturn:
         exc.__context__, exc.__suppress_context__ = context, suppressed
 
 
+# The cyclic garbage collector's thresholds in worker processes (Python's are 700, 10, 10).
+# A worker with thousands of calls in flight holds hundreds of thousands of objects; with
+# the default thresholds, full collections then come every second or so and stop the whole
+# process, transport thread included, for up to a second each on a loaded machine: a 5000-
+# call nested fan-out missed its keepalive pings and was taken for dead. Rarer collections
+# keep the pauses few; what they free is the same.
+_GC_THRESHOLDS = (20_000, 20, 50)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    gc.set_threshold(*_GC_THRESHOLDS)
     report = _Reporter(int(argv[0]) if argv else -1)
     try:
         config = read_config(0)

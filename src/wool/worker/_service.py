@@ -28,7 +28,7 @@ from wool.transport import (
     Task,
     WorkerInfo,
 )
-from wool.worker._execute import CANCELLED, execute, failure
+from wool.worker._execute import CANCELLED, execute, failure, time_left
 from wool.worker._figures import CallFigures
 from wool.worker._stream import GeneratorSession
 
@@ -87,23 +87,27 @@ class WorkerService:
             return failure(WoolError(f"the worker failed the call: {exc!r}"), self.limits)
 
     async def _dispatch(self, request: Request) -> Response:
+        received = time.monotonic()
         task = request.task
         if task is None:
             self.figures.refused()
             return _rejected(RejectedReason.MALFORMED, "the first message of a call must be a task")
-        return await self._admit(task, functools.partial(execute, task, self.limits))
+        return await self._admit(
+            task, received, functools.partial(execute, task, self.limits, received)
+        )
 
     async def _admit(
-        self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]
+        self, task: Task, received: float, run: Callable[[anyio.CancelScope], Awaitable[Response]]
     ) -> Response:
-        """Run a task the worker accepts, or answer why it refuses it."""
+        """Run a task the worker accepts, or answer why it refuses it. ``received``: when
+        the task arrived (``time.monotonic()``), where its deadline counts from."""
         refused = self._refusal(task)
         if refused is not None:
             self.figures.refused()
             return refused
         began = time.monotonic()
         try:
-            response = await self._admitted(task, run)
+            response = await self._admitted(task, received, run)
         except anyio.get_cancelled_exc_class():
             self.figures.ended(CANCELLED, began, timed=False)
             raise
@@ -114,7 +118,7 @@ class WorkerService:
         return response
 
     async def _admitted(
-        self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]
+        self, task: Task, received: float, run: Callable[[anyio.CancelScope], Awaitable[Response]]
     ) -> Response:
         if task.depth == 0 and self._concurrency is not None:
             if self._slots is None:
@@ -127,6 +131,12 @@ class WorkerService:
             try:
                 if self._stopping:  # the worker began to stop while the call waited
                     return _rejected(RejectedReason.STOPPING, "the worker is stopping")
+                left = time_left(task, received)
+                if left is not None and left <= 0:
+                    return _rejected(
+                        RejectedReason.EXPIRED,
+                        "the caller's deadline passed while the call waited for a slot",
+                    )
                 return await self._execute(task, run)
             finally:
                 self._slots.release()
@@ -172,6 +182,7 @@ class WorkerService:
         receive: Callable[[], Coroutine[Any, Any, Request | None]],
         send: Callable[[Response], Coroutine[Any, Any, None]],
     ) -> Response:
+        received = time.monotonic()
         task = request.task
         if task is None:
             self.figures.refused()
@@ -185,8 +196,8 @@ class WorkerService:
         async def send_answer(response: Response) -> None:
             await portal.run(send, response)
 
-        session = GeneratorSession(task, self.limits, receive_step, send_answer)
-        return await self._admit(task, session.run)
+        session = GeneratorSession(task, self.limits, receive_step, send_answer, received)
+        return await self._admit(task, received, session.run)
 
     async def _execute(
         self, task: Task, run: Callable[[anyio.CancelScope], Awaitable[Response]]

@@ -30,7 +30,7 @@ import anyio
 from wool._serialization import Payload, loads
 from wool.events._observe import step_completed, step_started
 from wool.transport import Cancelled, Items, Limits, Request, Response, Step, StepKind, Task
-from wool.worker._execute import EXHAUSTED, failure, load_call, pickle_value, run_in
+from wool.worker._execute import EXHAUSTED, deadline_of, failure, load_call, pickle_value, run_in
 
 __all__ = ["GeneratorSession"]
 
@@ -52,8 +52,11 @@ class GeneratorSession:
     the worker's backend).
     """
 
-    def __init__(self, task: Task, limits: Limits, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, task: Task, limits: Limits, receive: Receive, send: Send, received: float
+    ) -> None:
         self._task = task
+        self._received = received
         self._limits = limits
         self._receive = receive
         self._send = send
@@ -77,6 +80,9 @@ class GeneratorSession:
         self._wakeup = anyio.Event()
         self._outbox_ready = anyio.Event()
         self._sending = anyio.Lock()
+        # The first step, sent with the task, may have waited here for a slot: its
+        # deadline counts from the task's arrival.
+        self._first_deadline = deadline_of(self._task, self._received)
         # No deadline for the whole call: each step carries its caller's (Step.timeout).
         return await run_in(scope, self._task, None, self._serve, self._limits)
 
@@ -235,6 +241,9 @@ class GeneratorSession:
                 self._credit += max(step.count, 1)
                 if step.timeout is not None:
                     self._next_deadline = anyio.current_time() + step.timeout
+                if self._first_deadline is not None:
+                    first, self._first_deadline = self._first_deadline, None
+                    self._next_deadline = min(self._next_deadline or math.inf, first)
             else:
                 self._control = step
                 if self._stepping:
