@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -22,6 +23,7 @@ import pytest
 import wool
 from tests.routines import block, remaining_time, sleep_then_mark, whereami
 from tests.test_discovery import start_worker
+from wool.transport._bridge import Mailbox
 
 pytestmark = pytest.mark.anyio
 
@@ -158,3 +160,21 @@ async def wait_until_exists(path: Path) -> None:
     with anyio.fail_after(30):
         while not path.exists():
             await anyio.sleep(0.01)
+
+
+def test_a_mailbox_wakes_its_thread_once_for_many_callbacks_and_runs_them_in_batches() -> None:
+    # What crosses between the transport's loop thread and the host: one wake-up for
+    # everything posted while the thread was busy, and a bounded batch per loop iteration
+    # (thousands of operations at once must not hold a loop, and the pings it answers).
+    wakes: list[Callable[[], None]] = []
+    ran: list[int] = []
+    mailbox = Mailbox(wakes.append)
+    for n in range(200):
+        mailbox.post(ran.append, n)
+    assert len(wakes) == 1
+    wakes.pop()()
+    assert ran == list(range(64))
+    assert len(wakes) == 1  # the rest waits for the next iteration
+    while wakes:
+        wakes.pop()()
+    assert ran == list(range(200))
