@@ -220,6 +220,8 @@ class CallsClient:
         finally:
             if stream is not None:
                 error = await _finish(stream, error)
+                if _unimplemented(stream, error):
+                    error = _OlderWorker()
             self._fail(error)
 
     async def _exchange(self, stream: grpclib.client.Stream[Any, Any]) -> BaseException:
@@ -306,12 +308,14 @@ class CallsClient:
                 # Whatever the routine's state, nothing more can be done about it here
                 # (a lost stream cancels it on the worker).
                 _settle(entry.future, False)
-            elif isinstance(exc, GRPCError) and exc.status is grpclib.const.Status.UNIMPLEMENTED:
+            elif isinstance(exc, _OlderWorker):
                 _settle(entry.future, self._older_worker())
             elif not entry.future.done():
                 entry.future.set_exception(_fresh(error))
 
     def _error(self, exc: BaseException) -> Exception:
+        if isinstance(exc, _OlderWorker):
+            return ProtocolError(f"worker {self._address} speaks an older protocol")
         if isinstance(exc, GRPCError):
             error: Exception = ProtocolError(
                 f"worker {self._address} ended the calls stream: {exc.status.name}"
@@ -342,6 +346,25 @@ class CallsClient:
     def close(self) -> None:
         """Stop the stream; its outstanding calls fail with ConnectionLost."""
         self._runner.cancel()
+
+
+class _OlderWorker(Exception):
+    """The worker has no Calls stream."""
+
+
+def _unimplemented(stream: grpclib.client.Stream[Any, Any], exc: BaseException) -> bool:
+    """Whether ``exc`` says that the worker has no Calls RPC (it speaks an older protocol).
+
+    grpclib's server answers an unknown method with status UNIMPLEMENTED in headers that
+    lack a content type, and grpclib's client reports that as UNKNOWN ("Missing
+    content-type header"): the status is then read from the headers themselves.
+    """
+    if not isinstance(exc, GRPCError):
+        return False
+    if exc.status is grpclib.const.Status.UNIMPLEMENTED:
+        return True
+    headers = getattr(getattr(stream, "_stream", None), "headers", None) or ()
+    return dict(headers).get("grpc-status") == str(grpclib.const.Status.UNIMPLEMENTED.value)
 
 
 def _fresh(error: Exception) -> Exception:
