@@ -496,7 +496,7 @@ async def test_a_close_cut_short_still_resets_the_generator_call(tmp_path: Path)
     async with wool.WorkerPool(size=1) as pool:
         (worker,) = pool.workers
         async with client_to(worker) as (client, portal):
-            opening = request(slow_to_close, str(marker), generator=True)
+            opening = request(slow_to_close, str(marker), generator=True, grace=60.0)
             call = await portal.run(client.open, opening)
             await portal.run(call.send, Request(step=Step(kind=StepKind.NEXT, count=1)))
             first = await portal.run(call.receive)
