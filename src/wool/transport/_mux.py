@@ -412,7 +412,15 @@ async def serve_calls(
             protocol; the stream's calls are cancelled first.
     """
     calls = _ServedCalls(stream, dispatch, limits)
+    handler = asyncio.current_task()
+    assert handler is not None
     writer = asyncio.get_running_loop().create_task(calls.write())
+
+    def write_failed(_: asyncio.Task[None]) -> None:
+        # A stream that cannot be written to is lost: stop serving it, cancelling its calls.
+        handler.cancel()
+
+    writer.add_done_callback(write_failed)
     try:
         try:
             await calls.read()
@@ -428,7 +436,10 @@ async def serve_calls(
         await calls.settle()  # the caller ended its side: finish, answer, end
         await calls.flushed()
     finally:
+        writer.remove_done_callback(write_failed)
         writer.cancel()
+        if writer.done() and not writer.cancelled():
+            log.debug("a calls stream could not be written to: %r", writer.exception())
 
 
 class _ServedCalls:
