@@ -21,7 +21,7 @@ from wool.transport._bridge import (
     portal_for_host,
 )
 from wool.transport._framing import DEFAULT_LIMITS, Limits
-from wool.transport._grpc import CallStream, Client, Server, Service
+from wool.transport._grpc import CallStream, Client
 from wool.transport._protocol.wool.v1 import (
     Cancelled,
     Exhausted,
@@ -37,6 +37,7 @@ from wool.transport._protocol.wool.v1 import (
     Task,
     WorkerInfo,
 )
+from wool.transport._server import Server, Service
 
 __all__ = [
     "BACKENDS",
@@ -73,4 +74,4 @@ __all__ = [
 ]
 
 #: Version of the messages in ``protos/wool/v1``; a worker refuses tasks of another version.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4

@@ -15,7 +15,16 @@ from wool._errors import ProtocolError
 from wool._serialization import Payload, Segments
 from wool.transport._protocol.wool.v1 import Chunk, Items, Request, Response
 
-__all__ = ["DEFAULT_LIMITS", "Assembler", "Limits", "split"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Assembler",
+    "Limits",
+    "decode_chunk",
+    "encode_chunk",
+    "fixed_size",
+    "split",
+    "varint",
+]
 
 M = TypeVar("M", Request, Response)
 
@@ -103,7 +112,7 @@ def split(message: Request | Response, max_message: int) -> list[Request | Respo
     data = payload(message)
     if data is None:
         return [message]
-    if len(data) + _fixed_size(message) <= max_message:
+    if len(data) + fixed_size(message) <= max_message:
         if isinstance(data, Segments) or _segmented_items(message):
             return [_with_payload(message, _joined(data))]
         return [message]
@@ -131,13 +140,14 @@ def _segmented_items(message: Request | Response) -> bool:
     return items is not None and any(isinstance(value, Segments) for value in items.values)
 
 
-def _fixed_size(message: Request | Response) -> int:
+def fixed_size(message: Request | Response) -> int:
     """At least what a message takes on the wire besides its payload."""
     size = _OVERHEAD
     if isinstance(message, Request):
         task = message.task
         if task is not None:
             size += len(task.function) + len(task.routine) + len(task.id) + len(task.caller)
+            size += len(task.parent)
             size += len(task.context) + sum(len(k) + len(v) + 8 for k, v in task.trace.items())
         return size
     size += len(message.context)
@@ -158,7 +168,7 @@ _CHUNK_TAGS: dict[type, int] = {Request: 3 << 3 | 2, Response: 8 << 3 | 2}
 _DATA_TAG = 1 << 3 | 2
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -185,8 +195,8 @@ def encode_chunk(message: object) -> bytes | None:
     if not isinstance(message, (Request, Response)) or message.chunk is None:
         return None
     chunk = message.chunk
-    inner = _varint(len(chunk.data))
-    head = bytes([_CHUNK_TAGS[type(message)]]) + _varint(1 + len(inner) + len(chunk.data))
+    inner = varint(len(chunk.data))
+    head = bytes([_CHUNK_TAGS[type(message)]]) + varint(1 + len(inner) + len(chunk.data))
     return b"".join((head, bytes([_DATA_TAG]), inner, chunk.data))
 
 

@@ -4,6 +4,11 @@
 # This file has been @generated
 
 __all__ = (
+    "Answer",
+    "AnswerBatch",
+    "Call",
+    "CallBatch",
+    "CancelCall",
     "CancelRequest",
     "CancelResponse",
     "Cancelled",
@@ -97,6 +102,88 @@ class StepKind(betterproto2.Enum):
             "KIND_THROW": 2,
             "KIND_CLOSE": 3,
         }
+
+
+@dataclass(eq=False, repr=False)
+class Answer(betterproto2.Message):
+    """
+
+
+    Oneofs:
+        - body:
+    """
+
+    id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+    response: "Response | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True, group="body"
+    )
+    """
+    The call's response, or a Chunk of it.
+    """
+
+    cancelled: "CancelResponse | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True, group="body"
+    )
+    """
+    The answer to `cancel`; the last entry for this id.
+    """
+
+
+default_message_pool.register_message("wool.v1", "Answer", Answer)
+
+
+@dataclass(eq=False, repr=False)
+class AnswerBatch(betterproto2.Message):
+    answers: "list[Answer]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("wool.v1", "AnswerBatch", AnswerBatch)
+
+
+@dataclass(eq=False, repr=False)
+class Call(betterproto2.Message):
+    """
+
+
+    Oneofs:
+        - body:
+    """
+
+    id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+    task: "Task | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True, group="body"
+    )
+    """
+    Start the call. Task.generator must be false.
+    """
+
+    cancel: "CancelCall | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True, group="body"
+    )
+    """
+    Cancel the call.
+    """
+
+
+default_message_pool.register_message("wool.v1", "Call", Call)
+
+
+@dataclass(eq=False, repr=False)
+class CallBatch(betterproto2.Message):
+    calls: "list[Call]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("wool.v1", "CallBatch", CallBatch)
+
+
+@dataclass(eq=False, repr=False)
+class CancelCall(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("wool.v1", "CancelCall", CancelCall)
 
 
 @dataclass(eq=False, repr=False)
