@@ -23,7 +23,8 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 
 import wool
 import wool.pool._pool
-from wool.client._proxy import WorkerProxy, open_proxy
+from wool.client._open import open_proxy
+from wool.client._proxy import WorkerProxy
 from wool.discovery import DiscoveryEvent, MergedDiscovery, WorkerFilter, WorkerMetadata
 from wool.discovery._lan import _Browser
 from wool.transport import Client, ConnectionLost, Limits, _bridge, _grpc, portal_for_host

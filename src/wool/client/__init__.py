@@ -8,7 +8,8 @@ maps the caller's cancellation and deadline onto it, and brings back the outcome
 
 from __future__ import annotations
 
-from wool.client._proxy import WorkerProxy, open_proxy
+from wool.client._open import open_proxy
+from wool.client._proxy import WorkerProxy
 from wool.client._remote import RemoteGenerator
 
 __all__ = ["RemoteGenerator", "WorkerProxy", "open_proxy"]

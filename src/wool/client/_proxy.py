@@ -10,7 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import betterproto2
@@ -25,7 +25,7 @@ from wool._errors import (
 from wool._serialization import Payload, too_large
 from wool.client._admission import refusal
 from wool.client._remote import RemoteGenerator, outcome
-from wool.discovery import DiscoveryLike, WorkerFilter, WorkerMetadata
+from wool.discovery import WorkerMetadata
 from wool.events._observe import current_call, observe_call
 from wool.loadbalancer import CallInfo, LoadBalancerLike, RoundRobinLoadBalancer
 from wool.loadbalancer._select import Selector
@@ -47,7 +47,9 @@ from wool.transport import (
     Unreachable,
 )
 
-__all__ = ["WorkerProxy", "open_proxy"]
+__all__ = ["WorkerProxy"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("wool.pool")
 
@@ -294,6 +296,30 @@ class WorkerProxy:
             routine=routine,
         )
 
+    async def _send(
+        self,
+        worker: WorkerMetadata,
+        routine: str,
+        operation: Callable[[Request], Coroutine[Any, Any, T]],
+        request: Request,
+    ) -> T | None:
+        """``operation(request)`` on the worker's client; None when the call never reached
+        the worker (unreachable, or refused before the TLS handshake ended), so that
+        another worker may take it.
+
+        Raises:
+            WorkerLost: the connection was lost once the call may have started.
+        """
+        try:
+            return await self._portal.run(operation, request)
+        except Unreachable as exc:
+            self._suspend(worker, str(exc))
+        except SecurityError as exc:
+            self.refuse(worker, exc)
+        except ConnectionLost as exc:
+            raise self._lost(worker, routine, exc) from exc
+        return None
+
     def _declined(self, worker: WorkerMetadata, response: Response) -> bool:
         """The worker refused a call that never started there: another worker may take it."""
         refusal = response.rejected
@@ -335,16 +361,10 @@ class WorkerProxy:
                     if _expired(request.task, deadline):
                         # Its time ran out while it waited for a worker: nothing is sent.
                         response = _EXPIRED
-                    else:
-                        response = await self._portal.run(client.call, request)
-                except Unreachable as exc:
-                    self._suspend(worker, str(exc))
-                    continue  # never sent: another worker may take it
-                except SecurityError as exc:
-                    self.refuse(worker, exc)
-                    continue  # refused before the handshake ended: nothing reached the worker
-                except ConnectionLost as exc:
-                    raise self._lost(worker, routine, exc) from exc
+                    elif (
+                        response := await self._send(worker, routine, client.call, request)
+                    ) is None:
+                        continue
                 except anyio.get_cancelled_exc_class():
                     await self._cancel_remote(client, request.task.id, grace)
                     raise
@@ -393,16 +413,9 @@ class WorkerProxy:
                     client = self._client(worker)
                     if _expired(request.task, deadline):
                         await outcome("rejected", _EXPIRED.rejected, routine, worker)
-                    try:
-                        call = await self._portal.run(client.open, request)
-                    except Unreachable as exc:
-                        self._suspend(worker, str(exc))
-                        continue  # never sent: another worker may take it
-                    except SecurityError as exc:
-                        self.refuse(worker, exc)
+                    call = await self._send(worker, routine, client.open, request)
+                    if call is None:
                         continue
-                    except ConnectionLost as exc:
-                        raise self._lost(worker, routine, exc) from exc
                     remote = RemoteGenerator(self, call, routine, worker, prefetch)
                     # The first step is always NEXT (Python refuses other first steps
                     # locally), so take it here: a worker that refuses the call lets another
@@ -488,117 +501,3 @@ _EXPIRED = Response(
     )
 )
 
-
-class open_proxy:
-    """``async with open_proxy(...) as proxy``: a proxy that ``discovery`` keeps up to date.
-
-    A class rather than a generator so that an exception from the body of the ``async
-    with`` passes through unchanged instead of wrapped in a task group's ExceptionGroup.
-    """
-
-    def __init__(
-        self,
-        portal: Portal,
-        discovery: DiscoveryLike | None,
-        *,
-        grace: float,
-        keepalive: float | None,
-        wait_for_workers: float,
-        limits: Limits = DEFAULT_LIMITS,
-        filter: WorkerFilter | None = None,
-        loadbalancer: LoadBalancerLike | None = None,
-        description: str = "the pool",
-        credentials: WorkerCredentials | None = None,
-        insecure: bool = False,
-    ) -> None:
-        self._discovery = discovery
-        self._filter = filter
-        self._proxy = WorkerProxy(
-            portal,
-            grace=grace,
-            keepalive=keepalive,
-            limits=limits,
-            wait_for_workers=wait_for_workers,
-            loadbalancer=loadbalancer,
-            description=description,
-            credentials=credentials,
-            insecure=insecure,
-        )
-        self._tg = anyio.create_task_group()
-
-    def start_soon(
-        self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, restart: bool = False
-    ) -> None:
-        """Run a task for as long as the proxy is open.
-
-        The task group spans the body of the caller's ``async with``: a task that raised
-        would cancel that body. So an exception from ``fn`` (a bug in wool) is logged with
-        its stack instead; with ``restart``, ``fn`` then runs again after a pause.
-        """
-        self._tg.start_soon(_guarded, self._proxy.description, restart, fn, *args)
-
-    async def __aenter__(self) -> WorkerProxy:
-        await self._tg.__aenter__()
-        self.start_soon(self._proxy.probe_suspects, restart=True)
-        if self._discovery is not None:
-            self.start_soon(_follow, self._discovery, self._filter, self._proxy, restart=True)
-        return self._proxy
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._tg.cancel_scope.cancel()
-        try:
-            await self._tg.__aexit__(None, None, None)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._proxy.aclose()
-
-
-async def _guarded(
-    owner: str, restart: bool, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any
-) -> None:
-    delay = 0.1
-    while True:
-        try:
-            await fn(*args)
-            return
-        except Exception:
-            log.exception(
-                "background task %s of %s failed (a bug in wool)%s",
-                getattr(fn, "__qualname__", fn),
-                owner,
-                f"; running it again in {delay:g} s" if restart else "",
-            )
-        if not restart:
-            return
-        await anyio.sleep(delay)
-        delay = min(delay * 2, 10.0)
-
-
-async def _follow(
-    discovery: DiscoveryLike, filter: WorkerFilter | None, proxy: WorkerProxy
-) -> None:
-    """Apply discovery's events to the proxy; if the discovery fails, subscribe again."""
-    delay = 0.1
-    reported: set[str] = set()  # the workers the current subscription says are there
-    while True:
-        # A new subscription reports only the workers present now: those the last one
-        # reported may have left meanwhile.
-        stale, reported = reported, set()
-        try:
-            async with discovery.subscriber(filter) as events, anyio.create_task_group() as tg:
-                if stale:
-                    tg.start_soon(proxy.reconcile, stale, reported)
-                async for event in events:
-                    delay = 0.1
-                    if event.kind == "worker-dropped":
-                        reported.discard(event.worker.id)
-                        proxy.remove(event.worker.id)
-                    else:
-                        reported.add(event.worker.id)
-                        proxy.add(event.worker)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception:
-            log.exception("discovery %r failed; subscribing again in %g s", discovery, delay)
-        await anyio.sleep(delay)
-        delay = min(delay * 2, 10.0)

@@ -16,7 +16,8 @@ from typing import Literal
 import anyio
 
 from wool._errors import NoWorkersAvailable, WorkerStartError
-from wool.client._proxy import WorkerProxy, open_proxy
+from wool.client._open import open_proxy
+from wool.client._proxy import WorkerProxy
 from wool.discovery import DiscoveryLike, LocalDiscovery, MergedDiscovery, WorkerMetadata
 from wool.loadbalancer import LoadBalancerLike
 from wool.pool._process import WorkerProcess

@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 
 from wool._errors import WoolError
-from wool.client._proxy import WorkerProxy, open_proxy
+from wool.client._open import open_proxy
+from wool.client._proxy import WorkerProxy
 from wool.discovery import WorkerMetadata
 from wool.events._observe import set_worker_id
 from wool.routine import set_process_dispatcher
