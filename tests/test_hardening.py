@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import grpclib.client
 import pytest
 from grpclib.exceptions import ProtocolError as GrpclibProtocolError
 from h2.exceptions import ProtocolError as H2ProtocolError
@@ -27,7 +28,7 @@ from wool.client._open import open_proxy
 from wool.client._proxy import WorkerProxy
 from wool.discovery import DiscoveryEvent, MergedDiscovery, WorkerFilter, WorkerMetadata
 from wool.discovery._lan import _Browser
-from wool.transport import Client, ConnectionLost, Limits, _bridge, _grpc, portal_for_host
+from wool.transport import Client, ConnectionLost, Limits, _bridge, portal_for_host
 from wool.transport._framing import split
 from wool.worker._execute import failure
 
@@ -87,7 +88,8 @@ async def test_misuse_of_grpclib_is_a_bug_not_a_lost_worker(
 
     async with wool.WorkerPool(size=1) as pool:
         expected = await call()
-        monkeypatch.setattr(_grpc, "_send", misused)
+        # Both a call of the Calls stream and a generator call's own stream write there.
+        monkeypatch.setattr(grpclib.client.Stream, "send_message", misused)
         with caplog.at_level(logging.ERROR, logger="wool"):
             with pytest.raises(RuntimeError, match="bug in wool") as info:
                 await call()
