@@ -111,6 +111,6 @@ def test_wool_frames_are_kept_on_request(work: Path, monkeypatch: pytest.MonkeyP
     assert finished.returncode == 0, finished.describe()
     first = _frames(finished.stdout)[0]
     files = [file for file, _, _ in first]
-    assert any("/wool/pool/" in f for f in files), finished.stdout  # the caller's dispatch
+    assert any("/wool/client/" in f for f in files), finished.stdout  # the caller's dispatch
     assert any("/wool/worker/" in f for f in files), finished.stdout  # the worker's
     assert files[-1] == str(script)
