@@ -97,10 +97,9 @@ class WorkerStats:
 
 
 def _latency(latency: Latency | None) -> LatencyStats:
-    if latency is None:
-        return LatencyStats(window=0.0, calls=0, mean=None, p99=None, max=None)
-    if not latency.calls:
-        return LatencyStats(window=latency.window, calls=0, mean=None, p99=None, max=None)
+    if latency is None or not latency.calls:
+        window = 0.0 if latency is None else latency.window
+        return LatencyStats(window=window, calls=0, mean=None, p99=None, max=None)
     return LatencyStats(
         window=latency.window,
         calls=latency.calls,
