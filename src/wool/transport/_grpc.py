@@ -34,6 +34,7 @@ from wool.transport._channel import (
 )
 from wool.transport._edges import ConnectionWatch, connect_error
 from wool.transport._framing import DEFAULT_LIMITS, Assembler, Limits
+from wool.transport._h2 import connected
 from wool.transport._mux import CallsClient, task_entry
 from wool.transport._protocol.wool.v1 import (
     CancelRequest,
@@ -243,7 +244,7 @@ class Client:
         in wool (grpclib or h2 misused on a connection that is still up), logged with its
         stack, which leaves a healthy worker in rotation; a ``SecurityError`` when TLS
         refused the connection; otherwise ``ConnectionLost`` (the peer is gone)."""
-        if isinstance(exc, MISUSE_ERRORS) and connection.channel._connected:
+        if isinstance(exc, MISUSE_ERRORS) and connected(connection.channel):
             log.error(
                 "internal error on a call to worker %s (a bug in wool)", self.address, exc_info=exc
             )

@@ -1,11 +1,15 @@
-"""The h2 tuning the transport gives every connection, in one place: it reaches into h2's
-private state (its frame buffer and dispatch table), which ``pyproject.toml`` pins the
-versions of and ``tests/test_transport_internals.py`` checks."""
+"""What the transport reads or tunes in grpclib's and h2's private state, in one place: h2's
+frame buffer and dispatch table (every connection's tuning), whether a grpclib channel is
+connected, and the headers grpclib received on a client stream. ``pyproject.toml`` pins the
+versions of both libraries, and ``tests/test_transport_internals.py`` fails loudly if any of
+this changes meaning."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import grpclib.client
 from grpclib.protocol import H2Protocol
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
@@ -13,7 +17,7 @@ from hyperframe.frame import DataFrame, Frame
 
 from wool.transport._bridge import CoalescingTransport
 
-__all__ = ["MAX_FRAME_SIZE", "tuned"]
+__all__ = ["MAX_FRAME_SIZE", "connected", "received_headers", "tuned"]
 
 # Large frames: a chunk of a payload crosses in a few frames instead of hundreds of 16 KiB
 # ones, each of which h2 parses, copies and (see _QuietFrames) describes.
@@ -69,3 +73,18 @@ def tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
 
     protocol.connection_made = setup  # type: ignore[method-assign]
     return protocol
+
+
+def connected(channel: grpclib.client.Channel) -> bool:
+    """Whether ``channel`` has a connection up (grpclib has no public way to ask)."""
+    return channel._connected  # pyright: ignore[reportPrivateUsage]
+
+
+def received_headers(stream: grpclib.client.Stream[Any, Any]) -> Mapping[str, str]:
+    """The headers (or trailers-only headers) ``stream`` received so far, empty if none.
+
+    grpclib's client checks only ``grpc-status`` in headers that carry a gRPC content type;
+    these let a caller read a status that came without one.
+    """
+    inner = getattr(stream, "_stream", None)
+    return dict(getattr(inner, "headers", None) or ())

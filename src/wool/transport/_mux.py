@@ -43,6 +43,7 @@ from wool._errors import ProtocolError, WoolError
 from wool.transport._bridge import ConnectionLost
 from wool.transport._channel import MISUSE_ERRORS, TRANSPORT_ERRORS, Channel
 from wool.transport._framing import Assembler, Limits, encode_chunk, fixed_size, split, varint
+from wool.transport._h2 import received_headers
 from wool.transport._protocol.wool.v1 import (
     Answer,
     AnswerBatch,
@@ -363,8 +364,8 @@ def _unimplemented(stream: grpclib.client.Stream[Any, Any], exc: BaseException) 
         return False
     if exc.status is grpclib.const.Status.UNIMPLEMENTED:
         return True
-    headers = getattr(getattr(stream, "_stream", None), "headers", None) or ()
-    return dict(headers).get("grpc-status") == str(grpclib.const.Status.UNIMPLEMENTED.value)
+    status = received_headers(stream).get("grpc-status")
+    return status == str(grpclib.const.Status.UNIMPLEMENTED.value)
 
 
 def _fresh(error: Exception) -> Exception:
