@@ -16,7 +16,7 @@ from wool.transport import DEFAULT_LIMITS, Limits, Portal
 
 __all__ = ["open_proxy"]
 
-log = logging.getLogger("wool.pool")
+log = logging.getLogger("wool.client")
 
 
 class open_proxy:

@@ -51,7 +51,7 @@ __all__ = ["WorkerProxy"]
 
 T = TypeVar("T")
 
-log = logging.getLogger("wool.pool")
+log = logging.getLogger("wool.client")
 
 _CALLER = f"{os.uname().nodename}:{os.getpid()}"
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RemoteGenerator", "dumps_value", "outcome", "time_left"]
 
-log = logging.getLogger("wool.pool")
+log = logging.getLogger("wool.client")
 
 
 async def outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -> Any:

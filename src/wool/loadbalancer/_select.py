@@ -14,7 +14,7 @@ from wool.loadbalancer._protocol import CallInfo, Candidate, LoadBalancerLike
 
 __all__ = ["Selector"]
 
-log = logging.getLogger("wool.pool")
+log = logging.getLogger("wool.client")
 
 
 class Selector:
