@@ -500,4 +500,3 @@ _EXPIRED = Response(
         reason=RejectedReason.EXPIRED, detail="the deadline passed before the call was sent"
     )
 )
-

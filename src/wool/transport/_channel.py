@@ -4,6 +4,7 @@ grpclib's loop."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpclib.client
@@ -20,7 +21,8 @@ from wool.security import WorkerCredentials, unix_path
 from wool.transport._edges import ConnectionWatch, client_tls
 from wool.transport._framing import Assembler, Limits, decode_chunk, encode_chunk, split
 from wool.transport._h2 import tuned
-from wool.transport._protocol.wool.v1 import Request, Response
+from wool.transport._protocol.wool.v1 import AnswerBatch, CallBatch, Request, Response
+from wool.transport._wire import decode_answer_batch, decode_call_batch
 
 __all__ = [
     "CANCEL",
@@ -76,6 +78,14 @@ def open_channel(
     return Channel(host, port, ssl=tls, codec=codec, config=config)
 
 
+# The messages of the Calls stream, decoded by hand (transport._wire): the bulk of the
+# protobuf work of a small call.
+_DECODERS: dict[type, Callable[[bytes], Any]] = {
+    AnswerBatch: decode_answer_batch,
+    CallBatch: decode_call_batch,
+}
+
+
 class Codec(CodecBase):
     __content_subtype__ = "proto"  # pyright: ignore[reportIncompatibleMethodOverride, reportAssignmentType]
 
@@ -95,6 +105,9 @@ class Codec(CodecBase):
                 "max_message_size"
             )
         try:
+            fast = _DECODERS.get(message_type)
+            if fast is not None:
+                return fast(data)
             return decode_chunk(data, message_type) or message_type.parse(data)
         except Exception as exc:  # betterproto2 raises whatever the bytes lead it to
             raise ProtocolError(

@@ -49,7 +49,6 @@ from wool.transport._protocol.wool.v1 import (
     AnswerBatch,
     Call,
     CallBatch,
-    CancelCall,
     CancelResponse,
     Rejected,
     RejectedReason,
@@ -57,6 +56,7 @@ from wool.transport._protocol.wool.v1 import (
     Response,
     Task,
 )
+from wool.transport._wire import encode_call, encode_cancel_call, encode_response
 
 __all__ = ["CALLS", "MAX_ENTRY", "CallsClient", "serve_calls", "task_entry"]
 
@@ -171,7 +171,7 @@ class CallsClient:
         future: asyncio.Future[Response] = self._loop.create_future()
         pending = _Pending(future)
         self._pending[call_id] = pending
-        self._put(call_id, bytes(Call(id=call_id, task=task)))
+        self._put(call_id, encode_call(call_id, task))
         try:
             return await future
         except asyncio.CancelledError:
@@ -194,7 +194,7 @@ class CallsClient:
         pending.assembler = None
         answer: asyncio.Future[bool] = self._loop.create_future()
         pending.future = answer
-        self._put(call_id, bytes(Call(id=call_id, cancel=CancelCall())))
+        self._put(call_id, encode_cancel_call(call_id))
         self._cancels[task_id] = answer
 
     def _put(self, call_id: int, entry: bytes) -> None:
@@ -583,7 +583,7 @@ class _ServedCalls:
 def _answer_entry(call_id: int, response: Response) -> bytes:
     # Answer{id, response} by hand: a Chunk's bytes are encoded once, without the copies
     # betterproto makes of a nested bytes field.
-    body = encode_chunk(response) or bytes(response)
+    body = encode_chunk(response) or encode_response(response) or bytes(response)
     return b"".join((b"\x08", varint(call_id), b"\x12", varint(len(body)), body))
 
 
