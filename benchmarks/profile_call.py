@@ -1,9 +1,9 @@
 """Where a trivial call's time goes, on the caller and on the worker: a deterministic profile.
 
 Runs ``--calls`` sequential ``add(1, 2)`` calls on a pool of one worker while cProfile
-profiles both threads that do the work in each process: the main thread (the caller's
-code, or the worker's routines) and wool's transport loop thread (grpclib). Prints, for each
-of the four threads, its CPU time per call by area (pickling, protobuf, h2, grpclib, the
+profiles, in CPU time, both threads that do the work in each process: the main thread (the
+caller's code, or the worker's routines) and wool's transport loop thread (grpclib). Prints,
+for each of the four threads, its CPU time per call by area (pickling, protobuf, h2, grpclib, the
 thread hops, wool's client or worker, anyio, the event loop) and the functions with the most
 time of their own, with how many times each ran per call::
 

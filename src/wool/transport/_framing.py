@@ -168,7 +168,12 @@ _CHUNK_TAGS: dict[type, int] = {Request: 3 << 3 | 2, Response: 8 << 3 | 2}
 _DATA_TAG = 1 << 3 | 2
 
 
+_SMALL_VARINTS = [bytes([value]) for value in range(0x80)]
+
+
 def varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)

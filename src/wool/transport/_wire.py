@@ -44,15 +44,15 @@ _DOUBLE = struct.Struct("<d")
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
-def _tag(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
+# The tag of each length-delimited field number below 16 (one byte each).
+_LENGTH_TAGS = [bytes([number << 3 | _LENGTH]) for number in range(16)]
 
 
 def _length_delimited(number: int, data: bytes) -> bytes:
-    return b"".join((_tag(number, _LENGTH), varint(len(data)), data))
+    return b"".join((_LENGTH_TAGS[number], varint(len(data)), data))
 
 
-_TRACE_TAG = _tag(14, _LENGTH)
+_TRACE_TAG = _LENGTH_TAGS[14]
 
 
 def encode_task(task: Task) -> bytes:
@@ -128,14 +128,17 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     bytes for the rest. Raises ValueError on bytes that are no protobuf message."""
     at, end = 0, len(data)
     while at < end:
-        key, at = _varint(data, at)
+        # Tags, small integers and short lengths are one byte: read them inline.
+        key = data[at]
+        key, at = (key, at + 1) if key < 0x80 else _varint(data, at)
         number, wire_type = key >> 3, key & 7
         if wire_type == _VARINT:
             value, at = _varint(data, at)
             yield number, wire_type, value
             continue
         if wire_type == _LENGTH:
-            size, at = _varint(data, at)
+            size = data[at] if at < end else 0x80
+            size, at = (size, at + 1) if size < 0x80 else _varint(data, at)
         elif wire_type == _FIXED64:
             size = 8
         elif wire_type == _FIXED32:
