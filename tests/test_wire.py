@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import betterproto2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ from wool.transport._wire import (
     _TASK_DOUBLES,  # pyright: ignore[reportPrivateUsage]
     _TASK_STRINGS,  # pyright: ignore[reportPrivateUsage]
     _TASK_VARINTS,  # pyright: ignore[reportPrivateUsage]
+    body_of,
     decode_answer_batch,
     decode_call_batch,
     decode_task,
@@ -143,3 +145,9 @@ def test_the_hand_written_forms_know_every_field() -> None:
     assert set(_OTHER_BODIES) == body
     assert {field.name for field in dataclasses.fields(Call)} == {"id", "task", "cancel"}
     assert {field.name for field in dataclasses.fields(Answer)} == {"id", "response", "cancelled"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(result_responses | other_responses | st.just(Response()))
+def test_the_body_of_a_response_is_the_member_betterproto2_names(response: Response) -> None:
+    assert body_of(response) == betterproto2.which_one_of(response, "body")

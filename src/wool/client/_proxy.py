@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import anyio
-import betterproto2
 
 from wool._context import absorb, outgoing
 from wool._errors import (
@@ -45,6 +44,7 @@ from wool.transport import (
     Response,
     Task,
     Unreachable,
+    body_of,
 )
 
 __all__ = ["WorkerProxy"]
@@ -373,7 +373,7 @@ class WorkerProxy:
                 if self._declined(worker, response):
                     continue
                 absorb(response.context, routine)  # as after a local await, failed or not
-                kind, body = betterproto2.which_one_of(response, "body")
+                kind, body = body_of(response)
                 return await outcome(kind, body, routine, worker)
 
     @asynccontextmanager

@@ -9,7 +9,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
-import betterproto2
 
 from wool._errors import (
     ProtocolError,
@@ -28,6 +27,7 @@ from wool.transport import (
     Response,
     Step,
     StepKind,
+    body_of,
 )
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class RemoteGenerator:
             self._granted = 0
 
     async def _conclude(self, response: Response) -> tuple[bool, Any]:
-        kind, body = betterproto2.which_one_of(response, "body")
+        kind, body = body_of(response)
         if kind == "exhausted":
             return True, None
         return True, await outcome(kind, body, self._routine, self._worker)

@@ -38,6 +38,7 @@ from wool.transport._protocol.wool.v1 import (
     WorkerInfo,
 )
 from wool.transport._server import Server, Service
+from wool.transport._wire import body_of
 
 __all__ = [
     "BACKENDS",
@@ -68,6 +69,7 @@ __all__ = [
     "Unreachable",
     "WorkerInfo",
     "backend_named",
+    "body_of",
     "current_backend",
     "executor_for_host",
     "portal_for_host",
