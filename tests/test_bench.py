@@ -311,6 +311,23 @@ def test_original_script_refuses_this_wool(tmp_path: Path) -> None:
     assert finished.stdout == "", finished.describe()
 
 
+def test_the_profile_of_a_call_covers_the_four_threads(tmp_path: Path) -> None:
+    """benchmarks/profile_call.py profiles caller and worker, both threads of each."""
+    work = tmp_path / "work"
+    command = [str(ROOT / "benchmarks" / "profile_call.py"), "--calls", "100", "--warmup", "20"]
+    try:
+        finished = run_script(command, work, 120.0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert finished.returncode == 0, finished.describe()
+    out = finished.stdout
+    for thread in ("caller, main", "caller, transport", "worker, main", "worker, transport"):
+        assert f"## {thread} thread:" in out, finished.describe()
+    # The routine ran on the worker's main thread, under the profiler started by signal.
+    assert "call (wool/worker/_execute.py" in out, finished.describe()
+    assert "| 1.00 |" in out, finished.describe()  # counts per call
+
+
 def test_stream_and_echo_targets() -> None:
     bench = _bench_module()
     targets = bench._targets()
