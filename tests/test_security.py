@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import ssl
 import stat
 import subprocess
@@ -395,3 +396,66 @@ async def test_one_way_tls_accepts_callers_without_certificates(
         assert "requires TLS" in str(error)
     finally:
         assert worker.stop() == 0
+
+
+# ------------------------------------------------------------------------ discovery probes
+
+
+def _port(worker: Worker) -> int:
+    line = worker.wait_for("serving at")
+    match = re.search(r"serving at \S+:(\d+) ", line)
+    assert match is not None, line
+    return int(match.group(1))
+
+
+async def test_dns_discovery_probes_workers_with_the_pools_credentials(
+    ca: trustme.CA, tmp_path: Path, namespace: str
+) -> None:
+    # The worker's certificate names the DNS name, not the address it resolves to.
+    options = write(credentials(ca, "localhost"), tmp_path / "worker")
+    worker = start_worker("--namespace", namespace, "--host", "127.0.0.1", *options)
+    try:
+        port = _port(worker)
+        good = credentials(ca, "caller")
+
+        async def serves() -> None:
+            discovery = wool.DnsDiscovery("localhost", port, interval=0.2, credentials=good)
+            async with wool.WorkerPool(discovery=discovery, credentials=good, start_timeout=20):
+                with anyio.fail_after(30):
+                    assert (await whereami())[0] == worker.pid
+
+        await serves()
+
+        # Probes without credentials, or with a certificate from another CA, are refused
+        # by the worker: the worker is left out, so the pool finds none.
+        stranger = credentials(trustme.CA(), "caller", trust=ca)
+        for probe_with in (None, stranger):
+            probing = wool.DnsDiscovery("localhost", port, interval=0.2, credentials=probe_with)
+            with pytest.raises(wool.NoWorkersAvailable):
+                with anyio.fail_after(30):
+                    async with wool.WorkerPool(
+                        discovery=probing, credentials=probe_with, start_timeout=1
+                    ):
+                        await add(1, 1)
+        await serves()
+    finally:
+        assert worker.stop() == 0
+
+
+def test_wool_workers_verifies_workers_with_its_tls_options(
+    ca: trustme.CA, tls_worker: Worker, namespace: str, tmp_path: Path
+) -> None:
+    def listing(creds: wool.WorkerCredentials, name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*WOOL, "workers", "--namespace", namespace, *write(creds, tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+
+    verified = listing(credentials(ca, "caller"), "good")
+    assert verified.stdout.splitlines()[1].split()[-1] == "verified", verified
+    refused = listing(credentials(trustme.CA(), "caller", trust=ca), "stranger")
+    assert refused.stdout.splitlines()[1].split()[-1] == "refused", refused
+    assert "its CA did not sign this caller's certificate" in refused.stderr
