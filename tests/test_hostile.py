@@ -27,7 +27,13 @@ from wool.transport import (
 )
 from wool.transport._framing import Assembler
 from wool.transport._grpc import _Codec  # pyright: ignore[reportPrivateUsage]
-from wool.transport._protocol.wool.v1 import Chunk
+from wool.transport._protocol.wool.v1 import (
+    AnswerBatch,
+    CallBatch,
+    CancelRequest,
+    Chunk,
+    StopRequest,
+)
 
 from .routines import add
 
@@ -38,7 +44,10 @@ pytestmark = pytest.mark.anyio
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=256), st.sampled_from([Request, Response]))
+@given(
+    st.binary(max_size=256),
+    st.sampled_from([Request, Response, CallBatch, AnswerBatch, CancelRequest, StopRequest]),
+)
 def test_decoding_any_bytes_gives_a_message_or_a_protocol_error(
     data: bytes, message_type: type
 ) -> None:
