@@ -354,6 +354,26 @@ def test_wool_worker_refuses_plaintext_on_a_network_address() -> None:
     assert "--insecure" in result.stderr and "--tls-cert" in result.stderr
 
 
+def test_a_plaintext_worker_on_loopback_warns_that_every_local_user_can_reach_it(
+    namespace: str,
+) -> None:
+    worker = start_worker("--namespace", namespace, "--host", "127.0.0.1")
+    try:
+        warning = worker.wait_for("without TLS")
+        assert "every user of this host can run code" in warning
+        assert "omit --host for a private Unix socket" in warning
+        worker.wait_for("serving at")
+    finally:
+        assert worker.stop() == 0
+    private = start_worker("--namespace", f"{namespace}-private")
+    try:
+        worker_line = private.wait_for("serving at")
+        assert "unix:" in worker_line
+        assert not any("without TLS" in line for line in private.lines)
+    finally:
+        assert private.stop() == 0
+
+
 async def test_a_pool_refuses_plaintext_workers_on_the_network_unless_insecure() -> None:
     from wool.client._admission import refusal
 
