@@ -78,10 +78,27 @@ def test_lan_discovery_carries_the_capacity() -> None:
 
 
 async def fill(tmp_path: Path, tg: anyio.abc.TaskGroup, n: int) -> list[int]:
-    """Start ``n`` gate calls and return their workers' pids once all run."""
+    """Start ``n`` gate calls, one after the other (so the balancer chooses for them in
+    this order), and return their workers' pids."""
+    pids: list[int] = []
     for i in range(n):
         tg.start_soon(gate, str(tmp_path / f"started-{i}"), str(tmp_path / f"release-{i}"))
-    return [await wait_for_file(tmp_path / f"started-{i}") for i in range(n)]
+        pids.append(await wait_for_file(tmp_path / f"started-{i}"))
+    return pids
+
+
+class Recording(wool.RoundRobinLoadBalancer):
+    """Round robin that records the calls it was asked to choose for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def choose(
+        self, call: wool.CallInfo, candidates: Sequence[wool.Candidate]
+    ) -> wool.WorkerMetadata | None:
+        self.asked.append(call.routine)
+        return super().choose(call, candidates)
 
 
 async def test_a_full_pool_holds_root_calls_until_a_slot_frees(tmp_path: Path) -> None:
@@ -98,7 +115,8 @@ async def test_a_full_pool_holds_root_calls_until_a_slot_frees(tmp_path: Path) -
 
 
 async def test_a_held_call_can_be_cancelled_and_times_out(tmp_path: Path) -> None:
-    async with wool.WorkerPool(size=2, concurrency=1):
+    balancer = Recording()
+    async with wool.WorkerPool(size=2, concurrency=1, loadbalancer=balancer):
         async with anyio.create_task_group() as tg:
             await fill(tmp_path, tg, 2)
             with anyio.move_on_after(0.3) as timed:
@@ -113,6 +131,8 @@ async def test_a_held_call_can_be_cancelled_and_times_out(tmp_path: Path) -> Non
                 tg.start_soon(cancel_once_held)
                 await gate(str(tmp_path / "cancelled"), str(tmp_path / "release-late"))
             assert scope.cancelled_caught
+            # Held in the caller: no worker was ever chosen for them (none was sent).
+            assert balancer.asked == ["gate", "gate"]
             (tmp_path / "release-0").write_text("go")
             (tmp_path / "release-1").write_text("go")
         assert not (tmp_path / "late").exists() and not (tmp_path / "cancelled").exists()
