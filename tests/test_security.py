@@ -407,6 +407,8 @@ async def test_one_way_tls_accepts_callers_without_certificates(
     assert "--no-mutual" in options
     worker = start_worker("--namespace", namespace, "--host", "127.0.0.1", *options)
     try:
+        warning = worker.wait_for("one-way TLS (--no-mutual)")
+        assert "every user of this host that can reach it can run code" in warning
         worker.wait_for("serving at")
         good = credentials(ca, "caller", mutual=False)
         # The caller still verifies the worker; the worker asks for no certificate.
