@@ -374,6 +374,18 @@ def test_a_plaintext_worker_on_loopback_warns_that_every_local_user_can_reach_it
         assert private.stop() == 0
 
 
+def test_discovery_records_say_whether_a_worker_requires_tls() -> None:
+    from wool.discovery._lan import _metadata, _service  # pyright: ignore[reportPrivateUsage]
+    from wool.discovery._local import _decode, _encode  # pyright: ignore[reportPrivateUsage]
+
+    for secure in (True, False):
+        worker = wool.WorkerMetadata(
+            id="w", host="192.0.2.7", port=5000, secure=secure, options=(("tls-name", "n"),)
+        )
+        assert _metadata(_service(worker, "ns"), "ns") == worker
+        assert _decode(_encode(worker)) == worker
+
+
 async def test_a_pool_refuses_plaintext_workers_on_the_network_unless_insecure() -> None:
     from wool.client._admission import refusal
 
