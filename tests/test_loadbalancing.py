@@ -3,6 +3,8 @@ root calls in the caller."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import wool
 from wool.discovery._lan import _metadata, _service  # pyright: ignore[reportPrivateUsage]
 
 from .lb_routines import gate, pid, second_pid, tagged_pid
+from .test_discovery import start_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -69,6 +72,23 @@ async def test_workers_advertise_their_capacity() -> None:
         assert [w.capacity for w in pool.workers] == [3]
     async with wool.WorkerPool(size=1) as pool:
         assert [w.capacity for w in pool.workers] == [None]
+
+
+async def test_a_wool_worker_advertises_its_concurrency_to_every_discovery() -> None:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    worker = start_worker("--namespace", namespace, "--host", "127.0.0.1", "--concurrency", "2")
+    try:
+        line = worker.wait_for("serving at")
+        match = re.search(r"serving at \S+:(\d+) ", line)
+        assert match is not None, line
+        (record,) = wool.LocalDiscovery(namespace).scan()
+        assert record.capacity == 2
+        # DnsDiscovery learns it from the worker's Info.
+        dns = wool.DnsDiscovery("localhost", int(match.group(1)), interval=0.2)
+        async with wool.WorkerPool(discovery=dns, start_timeout=20) as pool:
+            assert [(w.pid, w.capacity) for w in pool.workers] == [(worker.pid, 2)]
+    finally:
+        assert worker.stop() == 0
 
 
 def test_lan_discovery_carries_the_capacity() -> None:
