@@ -8,11 +8,13 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
 import ssl
 import stat
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -215,6 +217,27 @@ async def test_durable_mtls_worker_serves_a_pool_with_the_credentials(
     ).stdout.splitlines()
     assert listing[1].split()[-1] == "yes"  # it advertises that it requires TLS
     await _still_serves(namespace, credentials(ca, "caller"), tls_worker.pid)
+
+
+def test_a_tls_worker_negotiates_h2_over_tls_1_2_or_later(
+    ca: trustme.CA, tls_worker: Worker, namespace: str
+) -> None:
+    (record,) = wool.LocalDiscovery(namespace).scan()
+    context = credentials(ca, "caller").client_context()
+    with socket.create_connection((record.host, record.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=record.host) as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    # A caller that offers only TLS 1.1 is refused by the worker (the alert says so).
+    old = credentials(ca, "caller").client_context()
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # else OpenSSL will not even offer TLS 1.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is, rightly
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection((record.host, record.port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError) as refused:
+            old.wrap_socket(raw, server_hostname=record.host)
+    assert refused.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION"
 
 
 async def test_each_bad_certificate_gets_a_typed_error_and_the_worker_keeps_serving(
