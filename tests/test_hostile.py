@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from typing import Any
 
 import anyio
@@ -27,9 +28,16 @@ from wool.transport import (
 )
 from wool.transport._framing import Assembler
 from wool.transport._grpc import _Codec  # pyright: ignore[reportPrivateUsage]
-from wool.transport._protocol.wool.v1 import AnswerBatch, CallBatch, Chunk
+from wool.transport._protocol.wool.v1 import (
+    AnswerBatch,
+    CallBatch,
+    CancelRequest,
+    Chunk,
+    StopRequest,
+)
 
 from .routines import add
+from .test_discovery import start_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +46,10 @@ pytestmark = pytest.mark.anyio
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=256), st.sampled_from([Request, Response, CallBatch, AnswerBatch]))
+@given(
+    st.binary(max_size=256),
+    st.sampled_from([Request, Response, CallBatch, AnswerBatch, CancelRequest, StopRequest]),
+)
 def test_decoding_any_bytes_gives_a_message_or_a_protocol_error(
     data: bytes, message_type: type
 ) -> None:
@@ -172,3 +183,22 @@ async def test_a_worker_survives_hostile_bytes_and_keeps_serving() -> None:
 
         assert [await add(i, i) for i in range(3)] == [0, 2, 4]
         assert [w.pid for w in pool.workers] == [worker.pid]  # the same worker, not a new one
+
+
+async def test_a_worker_logs_what_it_drops_or_refuses() -> None:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    worker = start_worker("--namespace", namespace)
+    try:
+        worker.wait_for("serving at")
+        (record,) = wool.LocalDiscovery(namespace).scan()
+        path = unix_path(record.host)
+        assert path is not None
+        await anyio.to_thread.run_sync(_raw_exchange, path, os.urandom(512))
+        worker.wait_for("dropped a connection that broke HTTP/2")
+        (response,) = await _on_grpclib_loop(_dispatch_raw, path, [b"\x1a\x05\x0a"])
+        assert response.rejected is not None
+        worker.wait_for("refused a malformed call")
+        async with wool.WorkerPool(discovery=wool.LocalDiscovery(namespace)):
+            assert await add(1, 2) == 3
+    finally:
+        assert worker.stop() == 0

@@ -3,6 +3,8 @@ root calls in the caller."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import wool
 from wool.discovery._lan import _metadata, _service  # pyright: ignore[reportPrivateUsage]
 
 from .lb_routines import gate, pid, second_pid, tagged_pid
+from .test_discovery import start_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -71,6 +74,23 @@ async def test_workers_advertise_their_capacity() -> None:
         assert [w.capacity for w in pool.workers] == [None]
 
 
+async def test_a_wool_worker_advertises_its_concurrency_to_every_discovery() -> None:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    worker = start_worker("--namespace", namespace, "--host", "127.0.0.1", "--concurrency", "2")
+    try:
+        line = worker.wait_for("serving at")
+        match = re.search(r"serving at \S+:(\d+) ", line)
+        assert match is not None, line
+        (record,) = wool.LocalDiscovery(namespace).scan()
+        assert record.capacity == 2
+        # DnsDiscovery learns it from the worker's Info.
+        dns = wool.DnsDiscovery("localhost", int(match.group(1)), interval=0.2)
+        async with wool.WorkerPool(discovery=dns, start_timeout=20) as pool:
+            assert [(w.pid, w.capacity) for w in pool.workers] == [(worker.pid, 2)]
+    finally:
+        assert worker.stop() == 0
+
+
 def test_lan_discovery_carries_the_capacity() -> None:
     worker = wool.WorkerMetadata(id="w", host="127.0.0.1", port=1, capacity=4)
     for sent in (worker, wool.WorkerMetadata(id="w", host="127.0.0.1", port=1)):
@@ -78,10 +98,27 @@ def test_lan_discovery_carries_the_capacity() -> None:
 
 
 async def fill(tmp_path: Path, tg: anyio.abc.TaskGroup, n: int) -> list[int]:
-    """Start ``n`` gate calls and return their workers' pids once all run."""
+    """Start ``n`` gate calls, one after the other (so the balancer chooses for them in
+    this order), and return their workers' pids."""
+    pids: list[int] = []
     for i in range(n):
         tg.start_soon(gate, str(tmp_path / f"started-{i}"), str(tmp_path / f"release-{i}"))
-    return [await wait_for_file(tmp_path / f"started-{i}") for i in range(n)]
+        pids.append(await wait_for_file(tmp_path / f"started-{i}"))
+    return pids
+
+
+class Recording(wool.RoundRobinLoadBalancer):
+    """Round robin that records the calls it was asked to choose for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def choose(
+        self, call: wool.CallInfo, candidates: Sequence[wool.Candidate]
+    ) -> wool.WorkerMetadata | None:
+        self.asked.append(call.routine)
+        return super().choose(call, candidates)
 
 
 async def test_a_full_pool_holds_root_calls_until_a_slot_frees(tmp_path: Path) -> None:
@@ -98,7 +135,8 @@ async def test_a_full_pool_holds_root_calls_until_a_slot_frees(tmp_path: Path) -
 
 
 async def test_a_held_call_can_be_cancelled_and_times_out(tmp_path: Path) -> None:
-    async with wool.WorkerPool(size=2, concurrency=1):
+    balancer = Recording()
+    async with wool.WorkerPool(size=2, concurrency=1, loadbalancer=balancer):
         async with anyio.create_task_group() as tg:
             await fill(tmp_path, tg, 2)
             with anyio.move_on_after(0.3) as timed:
@@ -113,6 +151,8 @@ async def test_a_held_call_can_be_cancelled_and_times_out(tmp_path: Path) -> Non
                 tg.start_soon(cancel_once_held)
                 await gate(str(tmp_path / "cancelled"), str(tmp_path / "release-late"))
             assert scope.cancelled_caught
+            # Held in the caller: no worker was ever chosen for them (none was sent).
+            assert balancer.asked == ["gate", "gate"]
             (tmp_path / "release-0").write_text("go")
             (tmp_path / "release-1").write_text("go")
         assert not (tmp_path / "late").exists() and not (tmp_path / "cancelled").exists()

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import socket
 import ssl
 import stat
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -216,6 +219,27 @@ async def test_durable_mtls_worker_serves_a_pool_with_the_credentials(
     await _still_serves(namespace, credentials(ca, "caller"), tls_worker.pid)
 
 
+def test_a_tls_worker_negotiates_h2_over_tls_1_2_or_later(
+    ca: trustme.CA, tls_worker: Worker, namespace: str
+) -> None:
+    (record,) = wool.LocalDiscovery(namespace).scan()
+    context = credentials(ca, "caller").client_context()
+    with socket.create_connection((record.host, record.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=record.host) as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    # A caller that offers only TLS 1.1 is refused by the worker (the alert says so).
+    old = credentials(ca, "caller").client_context()
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # else OpenSSL will not even offer TLS 1.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is, rightly
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection((record.host, record.port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError) as refused:
+            old.wrap_socket(raw, server_hostname=record.host)
+    assert refused.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION"
+
+
 async def test_each_bad_certificate_gets_a_typed_error_and_the_worker_keeps_serving(
     ca: trustme.CA, tls_worker: Worker, namespace: str
 ) -> None:
@@ -353,6 +377,38 @@ def test_wool_worker_refuses_plaintext_on_a_network_address() -> None:
     assert "--insecure" in result.stderr and "--tls-cert" in result.stderr
 
 
+def test_a_plaintext_worker_on_loopback_warns_that_every_local_user_can_reach_it(
+    namespace: str,
+) -> None:
+    worker = start_worker("--namespace", namespace, "--host", "127.0.0.1")
+    try:
+        warning = worker.wait_for("without TLS")
+        assert "every user of this host can run code" in warning
+        assert "omit --host for a private Unix socket" in warning
+        worker.wait_for("serving at")
+    finally:
+        assert worker.stop() == 0
+    private = start_worker("--namespace", f"{namespace}-private")
+    try:
+        worker_line = private.wait_for("serving at")
+        assert "unix:" in worker_line
+        assert not any("without TLS" in line for line in private.lines)
+    finally:
+        assert private.stop() == 0
+
+
+def test_discovery_records_say_whether_a_worker_requires_tls() -> None:
+    from wool.discovery._lan import _metadata, _service  # pyright: ignore[reportPrivateUsage]
+    from wool.discovery._local import _decode, _encode  # pyright: ignore[reportPrivateUsage]
+
+    for secure in (True, False):
+        worker = wool.WorkerMetadata(
+            id="w", host="192.0.2.7", port=5000, secure=secure, options=(("tls-name", "n"),)
+        )
+        assert _metadata(_service(worker, "ns"), "ns") == worker
+        assert _decode(_encode(worker)) == worker
+
+
 async def test_a_pool_refuses_plaintext_workers_on_the_network_unless_insecure() -> None:
     from wool.client._admission import refusal
 
@@ -386,6 +442,8 @@ async def test_one_way_tls_accepts_callers_without_certificates(
     assert "--no-mutual" in options
     worker = start_worker("--namespace", namespace, "--host", "127.0.0.1", *options)
     try:
+        warning = worker.wait_for("one-way TLS (--no-mutual)")
+        assert "every user of this host that can reach it can run code" in warning
         worker.wait_for("serving at")
         good = credentials(ca, "caller", mutual=False)
         # The caller still verifies the worker; the worker asks for no certificate.
@@ -395,3 +453,66 @@ async def test_one_way_tls_accepts_callers_without_certificates(
         assert "requires TLS" in str(error)
     finally:
         assert worker.stop() == 0
+
+
+# ------------------------------------------------------------------------ discovery probes
+
+
+def _port(worker: Worker) -> int:
+    line = worker.wait_for("serving at")
+    match = re.search(r"serving at \S+:(\d+) ", line)
+    assert match is not None, line
+    return int(match.group(1))
+
+
+async def test_dns_discovery_probes_workers_with_the_pools_credentials(
+    ca: trustme.CA, tmp_path: Path, namespace: str
+) -> None:
+    # The worker's certificate names the DNS name, not the address it resolves to.
+    options = write(credentials(ca, "localhost"), tmp_path / "worker")
+    worker = start_worker("--namespace", namespace, "--host", "127.0.0.1", *options)
+    try:
+        port = _port(worker)
+        good = credentials(ca, "caller")
+
+        async def serves() -> None:
+            discovery = wool.DnsDiscovery("localhost", port, interval=0.2, credentials=good)
+            async with wool.WorkerPool(discovery=discovery, credentials=good, start_timeout=20):
+                with anyio.fail_after(30):
+                    assert (await whereami())[0] == worker.pid
+
+        await serves()
+
+        # Probes without credentials, or with a certificate from another CA, are refused
+        # by the worker: the worker is left out, so the pool finds none.
+        stranger = credentials(trustme.CA(), "caller", trust=ca)
+        for probe_with in (None, stranger):
+            probing = wool.DnsDiscovery("localhost", port, interval=0.2, credentials=probe_with)
+            with pytest.raises(wool.NoWorkersAvailable):
+                with anyio.fail_after(30):
+                    async with wool.WorkerPool(
+                        discovery=probing, credentials=probe_with, start_timeout=1
+                    ):
+                        await add(1, 1)
+        await serves()
+    finally:
+        assert worker.stop() == 0
+
+
+def test_wool_workers_verifies_workers_with_its_tls_options(
+    ca: trustme.CA, tls_worker: Worker, namespace: str, tmp_path: Path
+) -> None:
+    def listing(creds: wool.WorkerCredentials, name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*WOOL, "workers", "--namespace", namespace, *write(creds, tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+
+    verified = listing(credentials(ca, "caller"), "good")
+    assert verified.stdout.splitlines()[1].split()[-1] == "verified", verified
+    refused = listing(credentials(trustme.CA(), "caller", trust=ca), "stranger")
+    assert refused.stdout.splitlines()[1].split()[-1] == "refused", refused
+    assert "its CA did not sign this caller's certificate" in refused.stderr

@@ -168,6 +168,7 @@ def _metadata(info: WorkerInfo, address: str, port: int, name: str) -> WorkerMet
         secure=info.secure,
         # The name callers check in the worker's certificate (see DnsDiscovery).
         options=(("tls-name", name),),
+        capacity=info.capacity or None,  # 0: no limit (or a worker too old to say)
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 import anyio
 import grpclib.const
 import grpclib.server
+import h2.exceptions
 from grpclib.protocol import H2Protocol
 from h2.settings import SettingCodes
 
@@ -92,6 +93,7 @@ class _Handlers:
         try:
             request = await receive(stream, assembler)
         except ProtocolError as exc:
+            log.warning("refused a malformed call: %s", exc)
             await stream.send_message(_malformed(str(exc)))
             return
         if request is None:
@@ -160,7 +162,29 @@ class _GrpcServer(grpclib.server.Server):
             {SettingCodes.MAX_CONCURRENT_STREAMS: _MAX_CONCURRENT_STREAMS},
         )
         self.connections.add(protocol)
-        return protocol
+        return _logging_broken_http2(protocol)
+
+
+def _logging_broken_http2(protocol: H2Protocol) -> H2Protocol:
+    """``protocol``, logging a connection it drops for breaking HTTP/2 (random bytes, a
+    malformed preface): grpclib only says so at debug level, under its own logger."""
+    connection_made = protocol.connection_made
+
+    def made(transport: Any) -> None:
+        connection_made(transport)
+        feed = protocol.connection.feed
+
+        def logged(data: bytes) -> Any:
+            try:
+                return feed(data)
+            except h2.exceptions.ProtocolError as exc:
+                log.warning("dropped a connection that broke HTTP/2: %s", exc or type(exc))
+                raise
+
+        protocol.connection.feed = logged  # type: ignore[method-assign]
+
+    protocol.connection_made = made  # type: ignore[method-assign]
+    return protocol
 
 
 class Server:

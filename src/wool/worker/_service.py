@@ -249,6 +249,7 @@ class WorkerService:
             rejected=figures.rejected,
             uptime=figures.uptime(),
             latency=figures.latency.summary(time.monotonic()),
+            capacity=self._concurrency or 0,
         )
 
     async def stop(self, grace: float) -> None:

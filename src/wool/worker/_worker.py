@@ -154,9 +154,18 @@ def _options(config: WorkerConfig) -> tuple[tuple[str, str], ...]:
 def _check_exposure(config: WorkerConfig) -> None:
     """Refuse to serve plaintext on a network address unless told to; warn when anyone
     else can reach the worker: whoever can talk to it can run code as its user."""
-    if config.credentials is not None:
-        return
     reach = exposure(config.host)
+    if config.credentials is not None:
+        if not config.credentials.mutual and reach != "private":
+            log.warning(
+                "worker %s listens on %s with one-way TLS (--no-mutual): it asks callers "
+                "for no certificate, so every %s that can reach it can run code as uid %d",
+                config.id,
+                config.host,
+                "host" if reach == "network" else "user of this host",
+                os.getuid(),
+            )
+        return
     if reach == "network":
         if not config.insecure:
             raise WoolError(

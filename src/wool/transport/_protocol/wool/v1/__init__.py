@@ -650,5 +650,11 @@ class WorkerInfo(betterproto2.Message):
     Latency of the coroutine calls that returned or raised in the last minute.
     """
 
+    capacity: "int" = betterproto2.field(19, betterproto2.TYPE_UINT32)
+    """
+    Root calls the worker runs at once (wool worker --concurrency); 0: no limit.
+    Callers that find workers through Info (DnsDiscovery) learn it here.
+    """
+
 
 default_message_pool.register_message("wool.v1", "WorkerInfo", WorkerInfo)
