@@ -280,3 +280,34 @@ def test_settings_from_the_ini_file_and_options_and_one_pool_per_session(
     pids = {backend: {pid for _, b, pid in runs if b == backend} for backend in ("asyncio", "trio")}
     assert [len(p) for p in pids.values()] == [1, 1], runs
     assert pids["asyncio"] != pids["trio"], runs
+
+
+A_TEST = """
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_with_a_pool(wool_pool):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "error"),
+    [
+        ("", ["--wool-size", "0"], "wool_size must be at least 1, got 0"),
+        ("wool_size = two", [], "wool_size must be a whole number, got 'two'"),
+        ("wool_backend = curio", [], "wool_backend must be asyncio or trio, got 'curio'"),
+        ("wool_pool_scope = forever", [], "wool_pool_scope must be module, package or session"),
+    ],
+)
+def test_a_bad_setting_stops_the_run_before_any_test_saying_what_was_wrong(
+    project: Path, ini: str, args: list[str], error: str
+) -> None:
+    (project / "pytest.ini").write_text(f"[pytest]\n{ini}\n")
+    (project / "test_user.py").write_text(A_TEST)
+    returncode, report = run_pytest(project, *args)
+    assert returncode == pytest.ExitCode.USAGE_ERROR, report
+    assert error in report, report
+    assert "INTERNALERROR" not in report and "test_with_a_pool" not in report, report
