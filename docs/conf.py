@@ -48,6 +48,8 @@ nitpick_ignore = [
     ("py:class", "wool._context.T"),
     ("py:class", "wool._context.D"),
     ("py:class", "wool.events._event.H"),
+    # wool.otel's signature: OpenTelemetry ships no inventory in docs/_intersphinx/.
+    ("py:class", "opentelemetry.trace.TracerProvider"),
 ]
 
 # ------------------------------------------------------------------------ Markdown (MyST)

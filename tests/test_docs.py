@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import wool
+import wool.events
+import wool.otel
 import wool.testing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,22 @@ def test_every_public_name_has_a_reference_entry(name: str) -> None:
     assert name in documented_names(), f"wool.{name} is in no page of docs/reference/"
 
 
+# The public modules beside the package itself whose names users import.
+MODULES = [wool.events, wool.otel, wool.testing]
+
+
+@pytest.mark.parametrize(
+    "name", [f"{module.__name__}.{name}" for module in MODULES for name in module.__all__]
+)
+def test_every_public_name_of_a_public_module_has_a_reference_entry(name: str) -> None:
+    short = name.rsplit(".", 1)[1]
+    documented = documented_names()
+    assert name.removeprefix("wool.") in documented or (
+        # wool.TaskEvent is wool.events.TaskEvent; the fixtures are documented as wool_pool
+        name.startswith(("wool.events.", "wool.testing.")) and short in documented
+    ), f"{name} is in no page of docs/reference/"
+
+
 @pytest.mark.parametrize("name", [n for n in PUBLIC if inspect.isclass(getattr(wool, n))])
 def test_every_public_class_has_its_own_docstring(name: str) -> None:
     cls = getattr(wool, name)
@@ -39,7 +57,13 @@ def test_every_public_class_has_its_own_docstring(name: str) -> None:
 
 
 def test_what_a_caller_awaits_lists_what_it_raises() -> None:
-    for obj in (wool.Routine, wool.WorkerPool, wool.DiscoveryPublisherLike.publish):
+    entered = [
+        wool.LocalDiscovery.publisher,
+        wool.LocalDiscovery.subscriber,
+        wool.LanDiscovery.publisher,
+        wool.LanDiscovery.subscriber,
+    ]
+    for obj in (wool.Routine, wool.WorkerPool, wool.DiscoveryPublisherLike.publish, *entered):
         assert "Raises:" in (obj.__doc__ or ""), obj
     for error in ("NoPoolError", "SerializationError", "WorkerLost", "TaskException"):
         assert f"wool.{error}:" in (wool.Routine.__doc__ or "")

@@ -62,6 +62,14 @@ async def close_while_reading_ahead(make: Make, log: str) -> None:
     await step(log, "anext", gen.__anext__())
 
 
+async def throw_while_reading_ahead(make: Make, log: str) -> None:
+    gen = make()
+    await step(log, "anext", gen.__anext__())
+    await step(log, "anext", gen.__anext__())
+    await step(log, "athrow", gen.athrow(ValueError("v")))
+    await step(log, "anext", gen.__anext__())
+
+
 async def break_out(make: Make, log: str) -> None:
     async def consume() -> None:
         async for item in make():
@@ -138,6 +146,7 @@ SCENARIOS: dict[str, tuple[str, Consumer]] = {
     "yield inside a task group": ("in_task_group", iterate),
     "an exception inside the generator's task group": ("failing_task_group", iterate),
     "aclose while reading ahead, awaits in finally": ("ticking", close_while_reading_ahead),
+    "athrow while reading ahead, awaits in finally": ("ticking", throw_while_reading_ahead),
     "break while reading ahead, awaits in finally": ("ticking", break_out),
     "the consumer cancelled while reading ahead": ("ticking", cancel_the_consumer),
     "athrow at a yield inside contextlib.suppress": ("suppressing", throw_at_the_yield),

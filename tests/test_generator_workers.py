@@ -35,10 +35,12 @@ async def wait_for_line(worker: Worker, text: str) -> None:
     await anyio.to_thread.run_sync(worker.wait_for, text)
 
 
-async def test_a_draining_worker_serves_a_paused_generator_to_its_end(tmp_path: Path) -> None:
+async def test_a_draining_worker_serves_a_paused_generator_to_its_end(
+    anyio_backend: str, tmp_path: Path
+) -> None:
     log = str(tmp_path / "log")
     name = namespace()
-    worker = start_worker("--namespace", name, "--grace", "60")
+    worker = start_worker("--namespace", name, "--grace", "60", "--backend", anyio_backend)
     try:
         await wait_for_line(worker, "serving at")
         async with wool.WorkerPool(discovery=wool.LocalDiscovery(name)):
@@ -56,11 +58,11 @@ async def test_a_draining_worker_serves_a_paused_generator_to_its_end(tmp_path: 
 
 
 async def test_a_paused_generator_is_cancelled_once_the_drain_grace_runs_out(
-    tmp_path: Path,
+    anyio_backend: str, tmp_path: Path
 ) -> None:
     log = str(tmp_path / "log")
     name = namespace()
-    worker = start_worker("--namespace", name, "--grace", "0.5")
+    worker = start_worker("--namespace", name, "--grace", "0.5", "--backend", anyio_backend)
     try:
         await wait_for_line(worker, "serving at")
         async with wool.WorkerPool(discovery=wool.LocalDiscovery(name)):
@@ -78,10 +80,10 @@ async def test_a_paused_generator_is_cancelled_once_the_drain_grace_runs_out(
         worker.stop()
 
 
-async def test_concurrency_applies_to_generator_calls(tmp_path: Path) -> None:
+async def test_concurrency_applies_to_generator_calls(anyio_backend: str, tmp_path: Path) -> None:
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     name = namespace()
-    worker = start_worker("--namespace", name, "--concurrency", "1")
+    worker = start_worker("--namespace", name, "--concurrency", "1", "--backend", anyio_backend)
     try:
         await wait_for_line(worker, "serving at")
         async with wool.WorkerPool(discovery=wool.LocalDiscovery(name)):
@@ -106,6 +108,44 @@ async def test_concurrency_applies_to_generator_calls(tmp_path: Path) -> None:
                 "cleanup awaited",
                 "second started",
             ]
+    finally:
+        worker.stop()
+
+
+async def test_the_worker_holds_a_generator_call_of_another_caller_for_a_slot(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    # A pool holds its own root calls beyond a worker's advertised capacity; a second
+    # pool knows nothing of the first one's calls, so only the worker's slot holds this one.
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    name = namespace()
+    worker = start_worker("--namespace", name, "--concurrency", "1", "--backend", anyio_backend)
+    try:
+        await wait_for_line(worker, "serving at")
+        async with wool.WorkerPool(discovery=wool.LocalDiscovery(name)):
+            holder = paused(first)
+            assert await holder.__anext__() == 0  # holds the only slot while paused
+
+            async def take_second_from_another_pool() -> None:
+                async with wool.WorkerPool(discovery=wool.LocalDiscovery(name)):
+                    gen = paused(second)
+                    assert await gen.__anext__() == 0
+                    note(first, "second started")  # one log holds the order of both
+                    await gen.aclose()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(take_second_from_another_pool)
+                await anyio.sleep(0.5)  # gives the second call time to arrive (not asserted)
+                note(first, "closing the first")
+                await holder.aclose()
+            assert lines(first) == [
+                "started",
+                "closing the first",
+                "finally",
+                "cleanup awaited",
+                "second started",
+            ]
+            assert lines(second)[0] == "started"
     finally:
         worker.stop()
 

@@ -7,6 +7,7 @@ trio as anyio's plugin parametrizes. The outcomes are read from pytest's report.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -196,3 +197,117 @@ def test_one_pool_per_module_and_backend_current_only_where_asked_and_leftovers_
     assert outcomes(report) == expected, report
     assert report.count("the test left routine calls still open: count (async generator)") == 2
     assert report.count("the test left processes still running (killed)") == 2
+
+
+# Settings from pytest.ini and the command line, a session-wide pool, and wool_pool_options
+# overridden by the user's conftest.py on top of the plugin's.
+SETTINGS_CONFTEST = """
+import pytest
+
+pytest_plugins = ["wool.testing"]
+
+
+@pytest.fixture(scope="session", params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def wool_pool_options(wool_pool_options):
+    return {**wool_pool_options, "concurrency": 3}
+"""
+
+SETTINGS_INI = """
+[pytest]
+wool_size = 1
+wool_backend = asyncio
+wool_pool_scope = session
+"""
+
+SETTINGS_MODULE = """
+import json
+import os
+from pathlib import Path
+
+import pytest
+import sniffio
+
+import wool
+
+pytestmark = pytest.mark.anyio
+SEEN = Path(os.environ["WOOL_SETTINGS_SEEN"])
+
+
+@wool.routine
+async def where():
+    return os.getpid(), sniffio.current_async_library()
+
+
+async def test_the_pool_has_the_settings(wool_pool, anyio_backend):
+    [worker] = wool_pool.workers  # wool_size from the ini file
+    assert worker.backend == "trio"  # --wool-backend over the ini file's
+    assert wool_pool.concurrency == 3  # the conftest's wool_pool_options
+    assert await where() == (worker.pid, "trio")
+    with open(SEEN, "a") as f:
+        f.write(json.dumps([__name__, anyio_backend, worker.pid]) + "\\n")
+"""
+
+
+@pytest.mark.xdist_group("heavy")  # never two at once: see tests/conftest.py
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+def test_settings_from_the_ini_file_and_options_and_one_pool_per_session(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project / "conftest.py").write_text(SETTINGS_CONFTEST)
+    (project / "pytest.ini").write_text(SETTINGS_INI)
+    (project / "test_first.py").write_text(SETTINGS_MODULE)
+    (project / "test_second.py").write_text(SETTINGS_MODULE)
+    seen = project / "seen.jsonl"
+    monkeypatch.setenv("WOOL_SETTINGS_SEEN", str(seen))
+    returncode, report = run_pytest(project, "--wool-backend", "trio")
+    assert returncode == 0, report
+    expected = sorted(
+        (module, backend)
+        for backend in ("asyncio", "trio")
+        for module in ("test_first", "test_second")
+    )
+    passed = re.findall(r"^PASSED (\w+)\.py::test_the_pool_has_the_settings\[(\w+)\]", report, re.M)
+    assert sorted(passed) == expected, report
+    runs = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert sorted((module, backend) for module, backend, _ in runs) == expected, runs
+    # Both modules of a backend had the same pool (one per session and backend), and each
+    # backend its own.
+    pids = {backend: {pid for _, b, pid in runs if b == backend} for backend in ("asyncio", "trio")}
+    assert [len(p) for p in pids.values()] == [1, 1], runs
+    assert pids["asyncio"] != pids["trio"], runs
+
+
+A_TEST = """
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_with_a_pool(wool_pool):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "error"),
+    [
+        ("", ["--wool-size", "0"], "wool_size must be at least 1, got 0"),
+        ("wool_size = two", [], "wool_size must be a whole number, got 'two'"),
+        ("wool_backend = curio", [], "wool_backend must be asyncio or trio, got 'curio'"),
+        ("wool_pool_scope = forever", [], "wool_pool_scope must be module, package or session"),
+    ],
+)
+def test_a_bad_setting_stops_the_run_before_any_test_saying_what_was_wrong(
+    project: Path, ini: str, args: list[str], error: str
+) -> None:
+    (project / "pytest.ini").write_text(f"[pytest]\n{ini}\n")
+    (project / "test_user.py").write_text(A_TEST)
+    returncode, report = run_pytest(project, *args)
+    assert returncode == pytest.ExitCode.USAGE_ERROR, report
+    assert error in report, report
+    assert "INTERNALERROR" not in report and "test_with_a_pool" not in report, report

@@ -95,6 +95,7 @@ class ContextVar(Generic[T]):
 
     @property
     def name(self) -> str:
+        """The name given to the constructor, which identifies the variable in every process."""
         return self._name
 
     @overload

@@ -120,6 +120,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "wool(*tags, **options): give the test a wool pool of its own, opened with these "
         "WorkerPool arguments over the shared pool's (e.g. size=1, backend='trio')",
     )
+    # A bad setting stops the run here, before any test, with what was wrong.
+    _configured_scope(config)
+    _configured_size(config)
+    _configured_backend(config)
 
 
 # ------------------------------------------------------------------------ settings
@@ -133,7 +137,7 @@ def _ini(config: pytest.Config, name: str) -> str:
         return ""
 
 
-def _pool_scope(fixture_name: str, config: pytest.Config) -> _Scope:
+def _configured_scope(config: pytest.Config) -> _Scope:
     scope = str(_ini(config, "wool_pool_scope") or "module")
     if scope not in ("module", "package", "session"):
         raise pytest.UsageError(
@@ -142,8 +146,18 @@ def _pool_scope(fixture_name: str, config: pytest.Config) -> _Scope:
     return scope  # pyright: ignore[reportReturnType]
 
 
+def _pool_scope(fixture_name: str, config: pytest.Config) -> _Scope:
+    # pytest_configure refused a bad value already; pytest would turn an exception raised
+    # here into an internal error.
+    try:
+        return _configured_scope(config)
+    except pytest.UsageError:
+        return "module"
+
+
 def _configured_size(config: pytest.Config) -> int:
-    value = config.getoption("wool_size", None) or _ini(config, "wool_size") or DEFAULT_SIZE
+    option = config.getoption("wool_size", None)  # 0 is a value, not "not given"
+    value = option if option is not None else (_ini(config, "wool_size") or DEFAULT_SIZE)
     try:
         size = int(value)
     except ValueError:

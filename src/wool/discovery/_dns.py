@@ -61,7 +61,10 @@ class DnsDiscovery:
 
     @asynccontextmanager
     async def publisher(self) -> AsyncGenerator[_NoPublisher, None]:
-        """A publisher that publishes nothing: the platform maintains the DNS name."""
+        """A publisher that publishes nothing: the platform maintains the DNS name.
+
+        Entering it, its ``publish`` and leaving it never raise.
+        """
         yield _NoPublisher()
 
     @asynccontextmanager
@@ -72,6 +75,10 @@ class DnsDiscovery:
 
         A name that does not resolve yields no workers (and is retried); a worker that
         misses two ``Info`` calls in a row, each bounded by ``timeout``, is dropped.
+
+        Neither entering nor iterating raises for what DNS or the workers do: a failed
+        resolution is logged and retried, a worker refused for its TLS settings is logged
+        and left out.
         """
         portal = portal_for_host()
         clients: dict[str, Client] = {}

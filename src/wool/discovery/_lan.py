@@ -53,8 +53,14 @@ class LanDiscovery:
     async def publisher(self) -> AsyncGenerator[_Publisher, None]:
         """A publisher that registers one DNS-SD service per worker; leaving unregisters.
 
-        Its ``publish`` raises :exc:`ValueError` when the worker's host is not an IP
-        address (set one with ``wool worker --advertise-host``).
+        Leaving waits up to 5 s for the goodbye packets, also when cancelled.
+
+        Raises:
+            OSError: entering, when multicast DNS cannot be set up on ``interfaces`` (an
+                address of no local interface, no multicast route).
+            ValueError: entering, when an entry of ``interfaces`` is not an IP address;
+                by the publisher's ``publish``, when the worker's host is not an
+                IP address (set one with ``wool worker --advertise-host``).
         """
         portal = portal_for_host()
         try:
@@ -75,6 +81,11 @@ class LanDiscovery:
 
         Workers whose records do not resolve within a few seconds are skipped; those that
         send goodbye packets, or whose records expire, are dropped.
+
+        Raises:
+            OSError: entering, when multicast DNS cannot be set up on ``interfaces`` (an
+                address of no local interface, no multicast route).
+            ValueError: entering, when an entry of ``interfaces`` is not an IP address.
         """
         portal = portal_for_host()
         try:

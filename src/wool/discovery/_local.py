@@ -102,8 +102,12 @@ class LocalDiscovery:
     async def publisher(self) -> AsyncGenerator[_Publisher, None]:
         """A publisher that writes one file per worker; leaving withdraws them.
 
-        Its ``publish`` raises :exc:`PermissionError` when ``<tmp>/wool-<uid>`` is not a
-        directory private to this user (set ``TMPDIR`` to one).
+        Entering and leaving raise nothing of their own.
+
+        Raises:
+            PermissionError: by the publisher's ``publish``, when ``<tmp>/wool-<uid>`` is
+                not a directory private to this user (set ``TMPDIR`` to one).
+            OSError: by ``publish``, when the worker's file cannot be written there.
         """
         publisher = _Publisher(self.path)
         try:
@@ -118,6 +122,11 @@ class LocalDiscovery:
         """Events for the namespace's workers, polled every ``poll_interval`` seconds.
 
         A directory that is not private to this user is ignored (and logged), not trusted.
+
+        Raises:
+            OSError: by the iterator, when the namespace's directory exists but cannot be
+                listed (a missing one means no workers yet). Entering and leaving raise
+                nothing of their own.
         """
         try:
             yield self._events(filter)

@@ -80,6 +80,7 @@ def instrument(tracer_provider: trace.TracerProvider | None = None) -> None:
 
     Call it in callers and in workers (for spawned workers, in a module named in
     ``WorkerPool(imports=[...])``). ``tracer_provider`` defaults to the global one.
+    Calling it again replaces the provider; calls already under way keep their spans.
     """
     set_tracer(_Tracer(tracer_provider))
 

@@ -41,6 +41,13 @@ class Routine(Generic[P, T]):
     there or raises what it raised. Calling a generator routine returns an async generator
     whose steps run on one worker; each step raises as a call does.
 
+    A call is cancelled as a local await is: by the scope around it
+    (:class:`anyio.CancelScope`, :func:`anyio.fail_after`, :func:`trio.move_on_after`, a
+    cancelled task group or :class:`trio.Nursery`). The routine is then cancelled on the
+    worker, and the caller's cancellation completes once the routine's ``finally`` blocks
+    have run, waiting at most the routine's (else the pool's) ``grace``. The caller's
+    deadline travels with the call.
+
     Raises:
         wool.NoPoolError: the call was made outside any pool (raised by the call itself,
             before anything is awaited).
