@@ -71,6 +71,7 @@ proto-check: $(READY)
 
 lint: $(READY)
 	$(BIN)/ruff check src tests benchmarks examples protos docs
+	$(BIN)/ruff format --check src tests benchmarks examples protos docs
 	$(BIN)/pyright
 
 clean:
