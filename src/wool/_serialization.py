@@ -30,6 +30,7 @@ __all__ = [
     "loads",
     "loads_exception",
     "too_large",
+    "unpack",
 ]
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -209,6 +210,7 @@ async def load(data: Payload | memoryview) -> Any:
     return pickle.loads(pickled, buffers=buffers)
 
 
+#: One contiguous piece of a payload.
 Buffer = bytes | memoryview
 
 
