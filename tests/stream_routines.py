@@ -95,6 +95,19 @@ async def echo(data: bytes) -> bytes:
     return data
 
 
+class LargeError(Exception):
+    """Carries a large payload back to the caller."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.data = data
+
+
+@wool.routine
+async def fail_with(size: int) -> None:
+    raise LargeError(b"e" * size)
+
+
 @wool.routine
 async def echo_sends(size: int) -> AsyncGenerator[int, bytes]:
     """Yields the length of each value sent to it; starts by yielding ``size``."""

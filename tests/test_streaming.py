@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import itertools
+import pickle
 import re
+import threading
 from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import wool
-from wool._serialization import Segments, dumps_payload, loads
+from wool import _serialization
+from wool._serialization import Segments, dumps_payload, load, loads, unpack
 from wool.transport._framing import Assembler, Limits, split
 from wool.transport._grpc import _Codec  # pyright: ignore[reportPrivateUsage]
 from wool.transport._protocol.wool.v1 import Chunk, Request, Response, Task
 
 from .semantics_routines import lines, note, until_noted
 from .stream_routines import (
+    LargeError,
     accumulate,
     countdown,
     counted,
     counted_lockstep,
     echo,
     echo_sends,
+    fail_with,
     gated,
     make_bytes,
     payloads,
@@ -294,6 +302,9 @@ async def test_large_values_travel_in_chunks_both_ways() -> None:
         assert await gen.__anext__() == 0
         assert await gen.asend(data) == len(data)
         await gen.aclose()
+        with pytest.raises(LargeError) as caught:
+            await fail_with(3 * MiB)
+        assert caught.value.data == b"e" * (3 * MiB)
 
 
 def test_large_bytes_are_pickled_out_of_band_and_other_buffers_in_band() -> None:
@@ -360,7 +371,64 @@ def test_no_message_of_a_split_payload_exceeds_the_maximum() -> None:
     assert wholes[:-1] == [None] * (len(messages) - 1)
     whole = wholes[-1]
     assert whole is not None and whole.task is not None
-    assert whole.task.arguments == payload and whole.task.routine == "r"
+    arguments = whole.task.arguments
+    assert isinstance(arguments, Segments)  # joined where it is loaded, not on arrival
+    assert arguments.join() == payload and whole.task.routine == "r"
+    # Copies of the chunks' parts, not views of the messages they came in: those are
+    # freed, and a join of bytes objects runs without the GIL.
+    assert all(type(part) is bytes for part in arguments.parts)
+
+
+def _received(data: Segments, cuts: list[int]) -> Segments:
+    """``data`` as a receiver gets it: the whole payload cut into bytes objects at ``cuts``."""
+    whole = data.join()
+    edges = [0, *sorted({min(cut, len(whole)) for cut in cuts}), len(whole)]
+    return Segments([whole[a:b] for a, b in itertools.pairwise(edges) if b > a])
+
+
+def test_a_payload_received_in_parts_is_loaded_with_one_copy_of_its_large_bytes() -> None:
+    big = bytes(range(256)) * (3 * MiB // 256)
+    received = _received(dumps_payload(((big, b"small"), {})), [1000, MiB, 2 * MiB])
+    pickled, buffers = unpack(received)
+    # The buffer spans parts: joined into a bytes object, which unpickling takes as it is.
+    assert [type(buffer) for buffer in buffers] == [bytes]
+    (value, small), _ = pickle.loads(pickled, buffers=buffers)
+    assert value is buffers[0] and value == big and small == b"small"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=700_000), max_size=6))
+def test_a_payload_loads_however_it_was_cut(cuts: list[int]) -> None:
+    value = ([b"a" * 300_000, b"b" * 400_000], {"c": "text"})
+    assert loads(_received(dumps_payload(value), cuts)) == value
+    plain = list(range(50_000))  # a pickle with nothing out of band
+    assert loads(_received(Segments([dumps_payload(plain)]), cuts)) == plain
+
+
+def test_a_payload_whose_lengths_do_not_add_up_is_refused() -> None:
+    data = dumps_payload((b"x" * MiB,))
+    assert isinstance(data, Segments)
+    with pytest.raises(pickle.UnpicklingError, match="lengths"):
+        loads(data.join()[:-1])
+    with pytest.raises(pickle.UnpicklingError, match="lengths"):
+        loads(data.join() + b"?")
+
+
+async def test_a_large_received_payload_is_unpacked_off_the_event_loop_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[int] = []
+
+    def recording(data: Segments) -> tuple[object, list[object]]:
+        threads.append(threading.get_ident())
+        return unpack(data)
+
+    monkeypatch.setattr(_serialization, "unpack", recording)
+    big = b"l" * (8 * MiB)
+    assert await load(_received(dumps_payload(big), [MiB])) == big
+    assert await load(dumps_payload(b"small")) == b"small"
+    # The large one on a worker thread (its copies would stall the loop), the small one here.
+    assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()
 
 
 def test_receivers_refuse_oversized_messages_and_payloads() -> None:

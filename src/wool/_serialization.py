@@ -8,10 +8,11 @@ import marshal
 import pickle
 import struct
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import CodeType, TracebackType, WrapperDescriptorType
 from typing import Any
 
+import anyio.to_thread
 import cloudpickle
 from tblib.pickling_support import pickle_exception, pickle_traceback, unpickle_exception
 
@@ -25,9 +26,11 @@ __all__ = [
     "dumps_exception",
     "dumps_function",
     "dumps_payload",
+    "load",
     "loads",
     "loads_exception",
     "too_large",
+    "unpack",
 ]
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -88,9 +91,13 @@ def dumps(obj: Any) -> bytes:
 
 
 class Segments:
-    """A payload in parts, sent without joining them: a header, a pickle, then the large
-    ``bytes`` objects it holds, out of band (pickle protocol 5). Saves the copy of each of
-    them into the pickle."""
+    """A payload in parts, not joined into one buffer.
+
+    Sent: a header, a pickle, then the large ``bytes`` objects it holds, out of band
+    (pickle protocol 5), which saves the copy of each of them into the pickle. Received:
+    the payloads of the chunks it came in (see ``transport._framing.Assembler``), which
+    :func:`load` copies into the objects they hold only once the whole payload is in.
+    """
 
     __slots__ = ("parts", "size")
 
@@ -176,20 +183,80 @@ def too_large(what: str, size: int, limit: int) -> SerializationError:
     )
 
 
-def loads(data: bytes | memoryview) -> Any:
-    """Unpickle what :func:`dumps` or :func:`dumps_payload` made."""
-    view = memoryview(data)
-    if not view or view[0] != _SEGMENTED[0]:
-        return pickle.loads(view)
-    (count,) = _COUNT.unpack_from(view, 1)
+def loads(data: Payload | memoryview) -> Any:
+    """Unpickle what :func:`dumps` or :func:`dumps_payload` made (whole or received in
+    parts). A large payload is better loaded with :func:`load`."""
+    pickled, buffers = unpack(data)
+    return pickle.loads(pickled, buffers=buffers)
+
+
+# Received payloads at least this large are unpacked in a worker thread (see load).
+_UNPACK_IN_THREAD = 4 * 1024 * 1024
+
+
+async def load(data: Payload | memoryview) -> Any:
+    """:func:`loads`, with the copying of a large payload done in a worker thread.
+
+    Loading a payload received in parts copies every byte once more, into the objects it
+    holds (a 100 MB ``bytes`` argument is a 100 MB copy): done on the calling thread, it
+    would stall the routines (or the caller's other calls) that share its event loop.
+    What is left for this thread, unpickling with every large buffer made already, takes
+    no copy of them (``bytes(b)`` is ``b``).
+    """
+    if isinstance(data, Segments) and data.size >= _UNPACK_IN_THREAD:
+        pickled, buffers = await anyio.to_thread.run_sync(unpack, data)
+    else:
+        pickled, buffers = unpack(data)
+    return pickle.loads(pickled, buffers=buffers)
+
+
+#: One contiguous piece of a payload.
+Buffer = bytes | memoryview
+
+
+def unpack(data: Payload | memoryview) -> tuple[Buffer, list[Buffer]]:
+    """The pickle of a payload and its out-of-band buffers, each in one piece."""
+    parts: Sequence[Buffer] = data.parts if isinstance(data, Segments) else [data]
+    size = len(data)
+    if not size or _span(parts, 0, 1)[0] != _SEGMENTED[0]:
+        return _span(parts, 0, size), []
     at = 1 + _COUNT.size
-    lengths = [_LENGTH.unpack_from(view, at + i * _LENGTH.size)[0] for i in range(count)]
+    (count,) = _COUNT.unpack(_span(parts, 1, at))
+    table = _span(parts, at, at + count * _LENGTH.size)
     at += count * _LENGTH.size
-    parts: list[memoryview] = []
-    for length in lengths:
-        parts.append(view[at : at + length])
+    pieces: list[Buffer] = []
+    for (length,) in _LENGTH.iter_unpack(table):
+        pieces.append(_span(parts, at, at + length))
         at += length
-    return pickle.loads(parts[0], buffers=parts[1:])
+    if not pieces or at != size:
+        raise pickle.UnpicklingError("a segmented payload whose lengths do not add up")
+    return pieces[0], pieces[1:]
+
+
+def _span(parts: Sequence[Buffer], start: int, end: int) -> Buffer:
+    """Bytes ``start:end`` of the concatenation of ``parts``: a view of one part where
+    they lie in one, else a new ``bytes``.
+
+    Joined from ``bytes`` objects only, as received parts are: ``bytes.join`` then copies
+    without holding the GIL (from 1 MiB up), so the other threads (the transport's, the
+    event loop's) run on while it copies.
+    """
+    if end > sum(len(part) for part in parts) or start > end:
+        raise pickle.UnpicklingError("a segmented payload shorter than its lengths say")
+    pieces: list[Buffer] = []
+    offset = 0
+    for part in parts:
+        length = len(part)
+        if offset + length > start and offset < end:
+            lo, hi = max(start - offset, 0), min(end - offset, length)
+            whole = lo == 0 and hi == length
+            if not pieces and end - offset <= length:  # all in this part
+                return part if whole and type(part) is bytes else memoryview(part)[lo:hi]
+            pieces.append(part if whole else bytes(memoryview(part)[lo:hi]))
+        offset += length
+        if offset >= end:
+            break
+    return b"".join(pieces)
 
 
 def dumps_arguments(
@@ -304,11 +371,11 @@ def _safely(describe: Callable[[], str]) -> str:
         return f"<unprintable: {type(exc).__name__}: {exc!r}>"
 
 
-def loads_exception(data: bytes, type_name: str, message: str, text: str) -> BaseException:
+def loads_exception(data: Payload, type_name: str, message: str, text: str) -> BaseException:
     """The exception the routine raised, or a TaskException describing it."""
-    if data:
+    if len(data):
         try:
-            exc = pickle.loads(data)
+            exc = loads(data)
         except Exception:
             pass
         else:

@@ -15,7 +15,7 @@ from wool._errors import (
     SerializationError,
     WorkerLost,
 )
-from wool._serialization import dumps_payload, loads, loads_exception, too_large
+from wool._serialization import dumps_payload, load, loads_exception, too_large
 from wool._tracebacks import raise_remote
 from wool.discovery import WorkerMetadata
 from wool.transport import (
@@ -41,7 +41,7 @@ log = logging.getLogger("wool.client")
 async def outcome(kind: str, body: Any, routine: str, worker: WorkerMetadata) -> Any:
     if kind == "result":
         try:
-            return loads(body)
+            return await load(body)
         except Exception as exc:
             raise SerializationError(
                 f"the value returned by {routine!r} cannot be unpickled here: {exc}"
@@ -121,7 +121,7 @@ class RemoteGenerator:
         # the grant travels.
         if self._final is None and self._window and ahead <= self._window - self._window // 4:
             await self._grant(self._window - ahead)
-        return False, self._load(data)
+        return False, await self._load(data)
 
     async def control(self, kind: StepKind, value: Any = None) -> tuple[bool, Any]:
         self._buffer.clear()  # items read ahead past the point this step applies at
@@ -140,7 +140,7 @@ class RemoteGenerator:
             if response.items is not None:
                 continue  # produced before the step took effect
             if response.item is not None:
-                return False, self._load(response.item)
+                return False, await self._load(response.item)
             self._final = response
             if self._window and not self._answers(kind, value, response):
                 # The generator ended while reading ahead, before the step arrived.
@@ -189,9 +189,9 @@ class RemoteGenerator:
             return True, None
         return True, await outcome(kind, body, self._routine, self._worker)
 
-    def _load(self, data: bytes) -> Any:
+    async def _load(self, data: bytes) -> Any:
         try:
-            return loads(data)
+            return await load(data)
         except Exception as exc:
             raise SerializationError(
                 f"a value yielded by {self._routine!r} cannot be unpickled here: {exc}"

@@ -224,11 +224,16 @@ def decode_chunk(data: bytes, message_type: type) -> Any:
 
 
 class Assembler:
-    """Joins Chunk messages back into the payload of the message that follows them."""
+    """Gathers Chunk messages into the payload of the message that follows them.
+
+    The payload comes out as :class:`~wool._serialization.Segments` (in a ``bytes``
+    field, like the payloads a sender gives :func:`split`), not joined: a large one is
+    joined where it is loaded, off the transport's thread (``_serialization.load``).
+    """
 
     def __init__(self, max_payload: int) -> None:
         self._max_payload = max_payload
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._size = 0
 
     def add(self, message: M) -> M | None:
@@ -237,7 +242,9 @@ class Assembler:
         if chunk is not None:
             self._size += len(chunk.data)
             self._check(self._size)
-            self._parts.append(chunk.data)
+            # A copy of the chunk's part (a view of the message it came in) frees that
+            # message now, and lets the join of the parts run without the GIL.
+            self._parts.append(bytes(chunk.data))
             return None
         if self._parts:
             last = payload(message)
@@ -246,11 +253,10 @@ class Assembler:
                     f"chunks were followed by a {type(message).__name__} with no payload"
                 )
             self._check(self._size + len(last))
-            self._parts.append(last)
-            whole = _with_payload(message, b"".join(self._parts))
-            self._parts.clear()
+            parts = [*self._parts, last] if last else self._parts
+            self._parts = []
             self._size = 0
-            return cast(M, whole)
+            return cast(M, _with_payload(message, cast(bytes, Segments(parts))))
         return message
 
     def _check(self, size: int) -> None:

@@ -13,7 +13,14 @@ import anyio
 
 from wool import _context
 from wool._errors import SerializationError
-from wool._serialization import Payload, dumps_exception, dumps_payload, loads, too_large
+from wool._serialization import (
+    Payload,
+    dumps_exception,
+    dumps_payload,
+    load,
+    loads,
+    too_large,
+)
 from wool._tracebacks import without_wool_frames
 from wool.events._observe import run_started, run_stopped
 from wool.routine import Routine, call_depth
@@ -78,7 +85,7 @@ async def execute(
 
     async def call() -> Response:
         nonlocal baseline
-        run, args, kwargs = load_call(task)
+        run, args, kwargs = await load_call(task)
         baseline = _context.snapshot()
         value = await run(*args, **kwargs)
         data = pickle_value(task, value, limits, what="the value returned by")
@@ -160,11 +167,13 @@ async def _run_in(
     return CANCELLED
 
 
-def load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+async def load_call(task: Task) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     try:
         fn = _load_function(task.function)
-        args, kwargs = loads(task.arguments)
+        args, kwargs = await load(task.arguments)
         _context.enter(task.context)
+    except anyio.get_cancelled_exc_class():
+        raise
     except BaseException as exc:
         log.warning("call %s to %s could not be unpickled: %r", task.id, task.routine, exc)
         raise SerializationError(

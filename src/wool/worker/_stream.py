@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import anyio
 
-from wool._serialization import Payload, loads
+from wool._serialization import Payload, load
 from wool.events._observe import step_completed, step_started
 from wool.transport import Cancelled, Items, Limits, Request, Response, Step, StepKind, Task
 from wool.worker._execute import EXHAUSTED, deadline_of, failure, load_call, pickle_value, run_in
@@ -87,7 +87,7 @@ class GeneratorSession:
         return await run_in(scope, self._task, None, self._serve, self._limits)
 
     async def _serve(self) -> Response:
-        run, args, kwargs = load_call(self._task)
+        run, args, kwargs = await load_call(self._task)
         self._agen = run(*args, **kwargs)
         final = EXHAUSTED
         async with anyio.create_task_group() as tg:
@@ -179,7 +179,7 @@ class GeneratorSession:
         if step.kind == StepKind.CLOSE:
             await self._step(agen.aclose(), deadline, iteration=False)
             return EXHAUSTED
-        value = loads(step.value)
+        value = await load(step.value)
         if step.kind == StepKind.THROW:
             item = await self._step(agen.athrow(value), deadline)
         else:
