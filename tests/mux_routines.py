@@ -41,3 +41,17 @@ async def slow_to_close(marker: str) -> AsyncGenerator[int, None]:
 async def make_bytes(size: int) -> bytes:
     """``size`` bytes made on the worker: a small call with a large answer."""
     return b"\x01" * size
+
+
+@wool.routine
+async def closed_streams_remembered() -> list[int]:
+    """How many closed streams each server side h2 connection of this worker remembers."""
+    import gc
+
+    from h2.connection import H2Connection
+
+    return sorted(
+        len(c._closed_streams)  # pyright: ignore[reportPrivateUsage]
+        for c in gc.get_objects()
+        if isinstance(c, H2Connection) and not c.config.client_side
+    )

@@ -42,6 +42,7 @@ from wool.transport import (
     portal_for_host,
 )
 from wool.transport._channel import Codec
+from wool.transport._h2 import CLOSED_STREAMS_KEPT
 from wool.transport._mux import CALLS, MAX_ENTRY
 from wool.transport._protocol.wool.v1 import (
     Answer,
@@ -51,7 +52,7 @@ from wool.transport._protocol.wool.v1 import (
     CancelCall,
 )
 
-from .mux_routines import hold_padded, make_bytes, slow_to_close
+from .mux_routines import closed_streams_remembered, hold_padded, make_bytes, slow_to_close
 from .routines import add, identity, sleep_then_mark
 from .test_security import credentials
 from .test_structured import wait_for_file
@@ -530,3 +531,30 @@ async def test_cancelling_a_generator_call_closes_the_stream_its_caller_never_go
             with anyio.fail_after(10):
                 while await running_on(client, portal):
                     await anyio.sleep(0.05)
+
+
+# --------------------------------------------------------------------- long-lived connections
+
+
+async def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams() -> None:
+    # h2 remembers how the last 65,536 closed streams of a connection ended, ~140 bytes
+    # each: the soak's caller and workers grew steadily by that much. Both ends keep fewer.
+    streams = CLOSED_STREAMS_KEPT + 200
+    async with wool.WorkerPool(size=1) as pool:
+        (worker,) = pool.workers
+        async with client_to(worker) as (client, portal):
+
+            async def infos(n: int) -> None:
+                for _ in range(n):
+                    await portal.run(client.info, 10.0)
+
+            with anyio.fail_after(300):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(16):  # 16 streams at a time: all on one connection
+                        tg.start_soon(infos, streams // 16)
+            (connection,) = client._connections
+            h2 = connection.channel._protocol.connection._connection  # pyright: ignore[reportPrivateUsage, reportOptionalMemberAccess]
+            assert len(h2._closed_streams) == CLOSED_STREAMS_KEPT  # pyright: ignore[reportPrivateUsage]
+            # The worker's end of that connection; the pool's own has closed fewer streams.
+            remembered = await closed_streams_remembered()
+            assert max(remembered) == CLOSED_STREAMS_KEPT

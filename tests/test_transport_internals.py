@@ -18,6 +18,8 @@ from grpclib.exceptions import GRPCError
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.frame_buffer import FrameBuffer
+from h2.stream import StreamClosedBy
+from h2.utilities import SizeLimitDict
 from hyperframe.frame import DataFrame
 
 from wool._serialization import dumps_function
@@ -50,6 +52,29 @@ def test_received_data_frames_are_described_without_their_payload() -> None:
     assert type(received) is _QuietDataFrame
     assert received.data == frame.data
     assert "data=<100000 bytes>" in repr(received)
+
+
+_HEADERS = [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
+
+
+def test_h2_records_closed_streams_in_a_size_limited_dict_that_it_consults() -> None:
+    """The transport replaces ``_closed_streams`` by a smaller SizeLimitDict (see
+    CLOSED_STREAMS_KEPT): h2 must still move closed streams there and read them back."""
+    connection = H2Connection(H2Configuration(client_side=True))
+    closed = connection._closed_streams  # pyright: ignore[reportPrivateUsage]
+    assert isinstance(closed, SizeLimitDict)
+    connection._closed_streams = SizeLimitDict(size_limit=2)  # pyright: ignore[reportPrivateUsage]
+    connection.initiate_connection()
+    for stream_id in (1, 3, 5, 7):
+        connection.send_headers(stream_id, _HEADERS)
+        connection.reset_stream(stream_id)
+    connection.open_outbound_streams  # moves the closed streams out of ``streams``
+    assert dict(connection._closed_streams) == {  # pyright: ignore[reportPrivateUsage]
+        5: StreamClosedBy.SEND_RST_STREAM,
+        7: StreamClosedBy.SEND_RST_STREAM,
+    }
+    assert connection._stream_is_closed_by_reset(7)  # pyright: ignore[reportPrivateUsage]
+    assert not connection._stream_is_closed_by_reset(1)  # pyright: ignore[reportPrivateUsage]
 
 
 # ------------------------------------------------------------------ grpclib's private parts

@@ -13,15 +13,27 @@ import grpclib.client
 from grpclib.protocol import H2Protocol
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
+from h2.utilities import SizeLimitDict
 from hyperframe.frame import DataFrame, Frame
 
 from wool.transport._bridge import CoalescingTransport
 
-__all__ = ["MAX_FRAME_SIZE", "connected", "received_headers", "tuned"]
+__all__ = ["CLOSED_STREAMS_KEPT", "MAX_FRAME_SIZE", "connected", "received_headers", "tuned"]
 
 # Large frames: a chunk of a payload crosses in a few frames instead of hundreds of 16 KiB
 # ones, each of which h2 parses, copies and (see _QuietFrames) describes.
 MAX_FRAME_SIZE = 1024 * 1024
+
+
+#: Closed streams a connection remembers the end of. h2 remembers the last 65,536, about
+#: 140 bytes each: a long-lived connection (a pool's, a worker's) grew by that much with
+#: every stream it closed, up to 9 MB on either end. The record serves the frames the peer
+#: sent before it saw the stream end, which arrive within a round trip. For a forgotten
+#: stream, late DATA gets a RST_STREAM answer and a late WINDOW_UPDATE or RST_STREAM is
+#: ignored; only late HEADERS, which only a worker sends, fail the connection. A caller
+#: keeps at most 64 streams open on a connection (``transport._grpc``): over a thousand
+#: would have to close within one round trip for that to happen.
+CLOSED_STREAMS_KEPT = 1024
 
 
 class _QuietDataFrame(DataFrame):
@@ -57,7 +69,7 @@ class _QuietFrames(FrameBuffer):
 
 def tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
     """``protocol``, set up to give each new connection coalesced writes, larger frames,
-    quiet DATA frames, and ``settings``."""
+    quiet DATA frames, a bounded record of closed streams, and ``settings``."""
     connection_made = protocol.connection_made
 
     def setup(transport: Any) -> None:
@@ -66,6 +78,7 @@ def tuned(protocol: H2Protocol, settings: dict[int, int]) -> H2Protocol:
         quiet = _QuietFrames(server=not h2.config.client_side)
         quiet.__dict__.update(h2.incoming_buffer.__dict__)
         h2.incoming_buffer = quiet
+        h2._closed_streams = SizeLimitDict(size_limit=CLOSED_STREAMS_KEPT)  # pyright: ignore[reportPrivateUsage]
         table = h2._frame_dispatch_table  # pyright: ignore[reportPrivateUsage]
         table[_QuietDataFrame] = table[DataFrame]
         h2.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE, **settings})
