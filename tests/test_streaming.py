@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -429,6 +430,28 @@ async def test_a_large_received_payload_is_unpacked_off_the_event_loop_thread(
     assert await load(dumps_payload(b"small")) == b"small"
     # The large one on a worker thread (its copies would stall the loop), the small one here.
     assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()
+
+
+async def test_a_large_payload_is_unpacked_while_user_code_fills_the_default_threads() -> None:
+    # Every thread of anyio's default limiter taken by blocking user code: wool's own
+    # unpacking must not wait for them.
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    release = threading.Event()
+    total = limiter.total_tokens
+    limiter.total_tokens = 1
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, release.wait)
+            try:
+                with anyio.fail_after(30):
+                    while limiter.borrowed_tokens < 1:
+                        await anyio.sleep(0.01)
+                    big = b"u" * (8 * MiB)
+                    assert await load(_received(dumps_payload(big), [MiB])) == big
+            finally:
+                release.set()  # the user's thread ends, and with it the task group
+    finally:
+        limiter.total_tokens = total
 
 
 def test_receivers_refuse_oversized_messages_and_payloads() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import io
 import marshal
+import os
 import pickle
 import struct
 import traceback
@@ -12,8 +13,10 @@ from collections.abc import Callable, Sequence
 from types import CodeType, TracebackType, WrapperDescriptorType
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import cloudpickle
+from anyio.lowlevel import RunVar
 from tblib.pickling_support import pickle_exception, pickle_traceback, unpickle_exception
 
 from wool._errors import SerializationError, TaskException
@@ -194,6 +197,20 @@ def loads(data: Payload | memoryview) -> Any:
 _UNPACK_IN_THREAD = 4 * 1024 * 1024
 
 
+# Threads of its own, not anyio's default limiter: user code that fills that one (with
+# blocking calls of its own) must not hold up the arrival of wool's answers.
+_UNPACKERS: RunVar[anyio.CapacityLimiter] = RunVar("wool_unpackers")
+
+
+def _unpackers() -> anyio.CapacityLimiter:
+    try:
+        return _UNPACKERS.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(min(4, os.cpu_count() or 1))
+        _UNPACKERS.set(limiter)
+        return limiter
+
+
 async def load(data: Payload | memoryview) -> Any:
     """:func:`loads`, with the copying of a large payload done in a worker thread.
 
@@ -204,7 +221,7 @@ async def load(data: Payload | memoryview) -> Any:
     no copy of them (``bytes(b)`` is ``b``).
     """
     if isinstance(data, Segments) and data.size >= _UNPACK_IN_THREAD:
-        pickled, buffers = await anyio.to_thread.run_sync(unpack, data)
+        pickled, buffers = await anyio.to_thread.run_sync(unpack, data, limiter=_unpackers())
     else:
         pickled, buffers = unpack(data)
     return pickle.loads(pickled, buffers=buffers)
