@@ -395,7 +395,13 @@ class CoalescingTransport(asyncio.Transport):
             data = b"".join(self._pending)
             self._pending.clear()
             if not self._transport.is_closing():
-                self._transport.write(data)
+                try:
+                    self._transport.write(data)
+                except RuntimeError as exc:
+                    # uvloop: the connection's handle was closed (a failed TLS handshake,
+                    # a peer gone) before its transport says it is closing. Nothing more
+                    # can be sent on it; the protocol hears of the loss on its own.
+                    log.debug("dropped a write to a closed connection: %s", exc)
 
     def close(self) -> None:
         self._flush()
