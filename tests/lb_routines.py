@@ -32,3 +32,18 @@ async def tagged_pid() -> int:
 @wool.routine
 async def second_pid() -> int:
     return os.getpid()
+
+
+@wool.routine
+async def hints_on_worker() -> dict[str, str]:
+    """The load-balancing hints in effect where the routine runs (none: they stay in the caller)."""
+    from wool.loadbalancer._hint import current_hints  # pyright: ignore[reportPrivateUsage]
+
+    return dict(current_hints())
+
+
+@wool.routine
+async def nested_hints_on_worker() -> dict[str, str]:
+    """The hints a nested call sees when its parent routine gave some on the worker."""
+    with wool.hint(key="inner"):
+        return await hints_on_worker()
