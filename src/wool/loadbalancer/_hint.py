@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from types import MappingProxyType
 
@@ -65,7 +65,7 @@ def hint(
 
 
 @contextmanager
-def _in_effect(given: dict[str, str]) -> Iterator[Mapping[str, str]]:
+def _in_effect(given: dict[str, str]) -> Generator[Mapping[str, str]]:
     merged = MappingProxyType({**_hints.get(), **given})
     token = _hints.set(merged)
     try:
