@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio
@@ -47,3 +48,9 @@ async def nested_hints_on_worker() -> dict[str, str]:
     """The hints a nested call sees when its parent routine gave some on the worker."""
     with wool.hint(key="inner"):
         return await hints_on_worker()
+
+
+@wool.routine
+async def pid_stream(count: int) -> AsyncGenerator[int, None]:
+    for _ in range(count):
+        yield os.getpid()

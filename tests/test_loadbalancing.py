@@ -19,6 +19,7 @@ from .lb_routines import (
     hints_on_worker,
     nested_hints_on_worker,
     pid,
+    pid_stream,
     second_pid,
     tagged_pid,
 )
@@ -343,6 +344,25 @@ async def test_hint_blocks_nest_and_end() -> None:
         {"user-id": "7", "key": "a"},
         {},
     ]
+
+
+async def test_a_generator_call_carries_the_hints_of_its_first_step() -> None:
+    balancer = StickyByKey()
+    async with wool.WorkerPool(size=2, loadbalancer=balancer):
+        with wool.hint(key="user-1"):
+            first = [p async for p in pid_stream(3)]
+            stream = pid_stream(2)
+        # Dispatched when its first item is asked for: outside the block, without hints.
+        second = [p async for p in stream]
+        with wool.hint(key="user-1"):
+            third = [p async for p in pid_stream(3)]
+    assert len(set(first)) == 1 and first == third
+    assert [(c.generator, dict(c.hints)) for c in balancer.calls] == [
+        (True, {"key": "user-1"}),
+        (True, {}),
+        (True, {"key": "user-1"}),
+    ]
+    assert len(second) == 2
 
 
 async def test_hints_stay_in_the_caller() -> None:
