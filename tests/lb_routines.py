@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio
@@ -32,3 +33,24 @@ async def tagged_pid() -> int:
 @wool.routine
 async def second_pid() -> int:
     return os.getpid()
+
+
+@wool.routine
+async def hints_on_worker() -> dict[str, str]:
+    """The load-balancing hints in effect where the routine runs (none: they stay in the caller)."""
+    from wool.loadbalancer._hint import current_hints  # pyright: ignore[reportPrivateUsage]
+
+    return dict(current_hints())
+
+
+@wool.routine
+async def nested_hints_on_worker() -> dict[str, str]:
+    """The hints a nested call sees when its parent routine gave some on the worker."""
+    with wool.hint(key="inner"):
+        return await hints_on_worker()
+
+
+@wool.routine
+async def pid_stream(count: int) -> AsyncGenerator[int, None]:
+    for _ in range(count):
+        yield os.getpid()

@@ -14,7 +14,15 @@ import pytest
 import wool
 from wool.discovery._lan import _metadata, _service  # pyright: ignore[reportPrivateUsage]
 
-from .lb_routines import gate, pid, second_pid, tagged_pid
+from .lb_routines import (
+    gate,
+    hints_on_worker,
+    nested_hints_on_worker,
+    pid,
+    pid_stream,
+    second_pid,
+    tagged_pid,
+)
 from .test_discovery import start_worker
 
 pytestmark = pytest.mark.anyio
@@ -264,3 +272,125 @@ async def test_a_call_the_balancer_makes_wait_goes_once_a_call_ends(tmp_path: Pa
             assert balancer.waited >= 1 and not results
             (tmp_path / "release").write_text("go")
         assert results == [pool.workers[0].pid]
+
+
+class StickyByKey:
+    """Sends the calls of one ``hint(key=...)`` to one worker; new keys go where fewest are."""
+
+    def __init__(self) -> None:
+        self.homes: dict[str, str] = {}  # key: worker id
+        self.calls: list[wool.CallInfo] = []
+
+    def choose(
+        self, call: wool.CallInfo, candidates: Sequence[wool.Candidate]
+    ) -> wool.WorkerMetadata | None:
+        self.calls.append(call)
+        key = call.hints.get("key")
+        ids = {c.worker.id: c.worker for c in candidates}
+        if key is None:
+            return candidates[0].worker
+        if self.homes.get(key) not in ids:
+            homed = list(self.homes.values())
+            self.homes[key] = min(sorted(ids), key=homed.count)
+        return ids[self.homes[key]]
+
+
+async def test_calls_with_one_hint_share_a_worker_and_different_hints_spread() -> None:
+    balancer = StickyByKey()
+    async with wool.WorkerPool(size=2, loadbalancer=balancer):
+        seen: dict[str, set[int]] = {"user-1": set(), "user-2": set()}
+        for key in ["user-1", "user-2"] * 4:
+            with wool.hint(key=key):
+                seen[key].add(await pid())
+        assert len(seen["user-1"]) == len(seen["user-2"]) == 1
+        assert seen["user-1"] != seen["user-2"]
+        assert await pid() in seen["user-1"]  # no hint: the balancer's first candidate
+    assert balancer.calls[0] == wool.CallInfo("pid", hints={"key": "user-1"})
+    assert balancer.calls[-1].hints == {}
+
+
+async def test_a_hint_is_seen_for_calls_made_in_child_tasks() -> None:
+    balancer = StickyByKey()
+    async with wool.WorkerPool(size=2, loadbalancer=balancer):
+        pids: list[tuple[bool, int]] = []
+
+        async def call(hinted: bool) -> None:
+            pids.append((hinted, await pid()))
+
+        async with anyio.create_task_group() as outer:
+            with wool.hint(key="user-1"):
+                # Tasks of a group opened in the block, and of one opened before it.
+                async with anyio.create_task_group() as inner:
+                    for _ in range(3):
+                        inner.start_soon(call, True)
+                outer.start_soon(call, True)
+            outer.start_soon(call, False)  # started after the block: no hint
+    hints = sorted(c.hints.get("key", "") for c in balancer.calls)
+    assert hints == ["", "user-1", "user-1", "user-1", "user-1"]
+    assert len({p for hinted, p in pids if hinted}) == 1
+
+
+async def test_hint_blocks_nest_and_end() -> None:
+    balancer = StickyByKey()
+    async with wool.WorkerPool(size=1, loadbalancer=balancer):
+        with wool.hint({"user-id": "7"}, key="a") as outer:
+            assert outer == {"user-id": "7", "key": "a"}
+            with wool.hint(key="b", region="eu"):
+                await pid()
+            await pid()
+        await pid()
+    assert [c.hints for c in balancer.calls] == [
+        {"user-id": "7", "key": "b", "region": "eu"},
+        {"user-id": "7", "key": "a"},
+        {},
+    ]
+
+
+async def test_a_generator_call_carries_the_hints_of_its_first_step() -> None:
+    balancer = StickyByKey()
+    async with wool.WorkerPool(size=2, loadbalancer=balancer):
+        with wool.hint(key="user-1"):
+            first = [p async for p in pid_stream(3)]
+            stream = pid_stream(2)
+        # Dispatched when its first item is asked for: outside the block, without hints.
+        second = [p async for p in stream]
+        with wool.hint(key="user-1"):
+            third = [p async for p in pid_stream(3)]
+    assert len(set(first)) == 1 and first == third
+    assert [(c.generator, dict(c.hints)) for c in balancer.calls] == [
+        (True, {"key": "user-1"}),
+        (True, {}),
+        (True, {"key": "user-1"}),
+    ]
+    assert len(second) == 2
+
+
+async def test_hints_stay_in_the_caller() -> None:
+    balancer = StickyByKey()
+    async with wool.WorkerPool(size=1, loadbalancer=balancer):
+        with wool.hint(key="user-1"):
+            assert await hints_on_worker() == {}
+            # A routine's own hint is for the balancer of the worker it runs on: the call
+            # it makes does not carry it either.
+            assert await nested_hints_on_worker() == {}
+    # The caller's balancer saw its two root calls, not the nested one (the worker's own
+    # balancer chose for that).
+    assert [(c.routine, c.depth, dict(c.hints)) for c in balancer.calls] == [
+        ("hints_on_worker", 0, {"key": "user-1"}),
+        ("nested_hints_on_worker", 0, {"key": "user-1"}),
+    ]
+
+
+def test_hint_refuses_what_is_not_a_string() -> None:
+    with pytest.raises(TypeError, match=r"values must be strings, got 42"):
+        wool.hint(key=42)  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match="keys must be non-empty strings"):
+        wool.hint({"": "x"})
+    with pytest.raises(TypeError, match="keys must be non-empty strings"):
+        wool.hint({1: "x"})  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match="mapping"):
+        wool.hint([("key", "x")])  # pyright: ignore[reportArgumentType]
+    call = wool.CallInfo("f", hints={"key": "x"})
+    assert hash(call) == hash(wool.CallInfo("f"))
+    with pytest.raises(TypeError):
+        call.hints["key"] = "y"  # pyright: ignore[reportIndexIssue]

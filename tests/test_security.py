@@ -488,12 +488,16 @@ async def test_dns_discovery_probes_workers_with_the_pools_credentials(
         stranger = credentials(trustme.CA(), "caller", trust=ca)
         for probe_with in (None, stranger):
             probing = wool.DnsDiscovery("localhost", port, interval=0.2, credentials=probe_with)
-            with pytest.raises(wool.NoWorkersAvailable):
+            with pytest.raises(wool.NoWorkersAvailable) as refused:
                 with anyio.fail_after(30):
                     async with wool.WorkerPool(
                         discovery=probing, credentials=probe_with, start_timeout=1
                     ):
                         await add(1, 1)
+            # The caller is told which worker was left out and why, not to check its tags.
+            reason = probing.left_out[f"127.0.0.1:{port}"]
+            assert f"left out: 127.0.0.1:{port}: {reason}" in str(refused.value)
+            assert "tags match" not in str(refused.value)
         await serves()
     finally:
         assert worker.stop() == 0

@@ -40,6 +40,7 @@ from wool.loadbalancer import (
     LeastLoadedLoadBalancer,
     LoadBalancerLike,
     RoundRobinLoadBalancer,
+    hint,
 )
 from wool.pool import CallStats, LatencyStats, WorkerPool, WorkerStats
 from wool.routine import Routine, routine
@@ -79,6 +80,7 @@ __all__ = [
     "WorkerStartError",
     "WorkerStats",
     "__version__",
+    "hint",
     "routine",
 ]
 

@@ -27,6 +27,7 @@ from wool.client._remote import RemoteGenerator, outcome
 from wool.discovery import WorkerMetadata
 from wool.events._observe import current_call, observe_call
 from wool.loadbalancer import CallInfo, LoadBalancerLike, RoundRobinLoadBalancer
+from wool.loadbalancer._hint import current_hints
 from wool.loadbalancer._select import Selector
 from wool.routine import call_depth
 from wool.security import WorkerCredentials
@@ -350,7 +351,7 @@ class WorkerProxy:
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout)
         assert request.task is not None
-        info = CallInfo(routine, tags, request.task.depth)
+        info = CallInfo(routine, tags, request.task.depth, hints=current_hints())
         with observe_call(request.task) as observer:
             while True:
                 worker = observer.scheduled(
@@ -397,7 +398,7 @@ class WorkerProxy:
         self._check_sizes(routine, function, arguments)
         request = self._request(routine, function, arguments, grace, timeout, generator=True)
         assert request.task is not None
-        info = CallInfo(routine, tags, request.task.depth, generator=True)
+        info = CallInfo(routine, tags, request.task.depth, generator=True, hints=current_hints())
         client: Client | None = None
         call: CallStream | None = None
         held: WorkerMetadata | None = None

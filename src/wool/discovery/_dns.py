@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 
 import anyio
 
@@ -33,7 +34,8 @@ class DnsDiscovery:
     With ``credentials`` (the pool's), the identity calls are TLS and each worker's
     certificate must name ``name`` (the DNS name, not the address it resolved to, which
     changes with every pod); the pool then checks the same name on its calls. A worker
-    that fails the handshake is logged and left out.
+    that fails the handshake is logged and left out, and :attr:`left_out` says why (a pool
+    that finds no worker names them in its ``NoWorkersAvailable``).
 
     Raises:
         ValueError: ``port`` is not 1..65535.
@@ -55,6 +57,17 @@ class DnsDiscovery:
         self.interval = interval
         self.timeout = timeout
         self.credentials = credentials
+        self._left_out: dict[str, str] = {}
+
+    @property
+    def left_out(self) -> Mapping[str, str]:
+        """The workers behind the name that are left out (``"address:port"``), and why.
+
+        A worker is here while its identity call fails the TLS handshake or the security
+        checks (wrong or missing credentials on either side), and leaves once it passes or
+        DNS stops listing it.
+        """
+        return MappingProxyType(dict(self._left_out))
 
     def __repr__(self) -> str:
         return f"DnsDiscovery({self.name!r}, {self.port})"
@@ -108,6 +121,9 @@ class DnsDiscovery:
             if addresses is not None:
                 # Pods come and go: keep connections only to the addresses DNS lists now.
                 await _close_clients(portal, clients, clients.keys() - addresses)
+                for address in refused - addresses:
+                    refused.discard(address)
+                    self._left_out.pop(f"{address}:{self.port}", None)
                 for address in known.keys() - addresses:
                     yield DiscoveryEvent("worker-dropped", known.pop(address))
                 for address in sorted(addresses):
@@ -125,6 +141,7 @@ class DnsDiscovery:
                         if address not in refused:  # once, not every interval
                             log.error("worker at %s left out: %s", address, exc)
                         refused.add(address)
+                        self._left_out[f"{address}:{self.port}"] = str(exc)
                         if address in known:
                             yield DiscoveryEvent("worker-dropped", known.pop(address))
                         continue
@@ -135,6 +152,7 @@ class DnsDiscovery:
                         continue
                     misses.pop(address, None)
                     refused.discard(address)
+                    self._left_out.pop(f"{address}:{self.port}", None)
                     worker = _metadata(info, address, self.port, self.name)
                     previous = known.get(address)
                     if filter is not None and not filter(worker):

@@ -89,6 +89,11 @@ class DiscoveryLike(Protocol):
     Objects are pickled into the worker processes a pool spawns, so they must be picklable
     and hold configuration, not live resources: live resources belong to the context
     managers they return.
+
+    Optionally, a discovery that finds workers but leaves some out (as
+    :class:`wool.DnsDiscovery` does with those that fail its TLS probe) may say why in a
+    ``left_out`` attribute, a mapping of where each worker is to the reason; a pool that
+    finds no worker puts it in its ``NoWorkersAvailable``.
     """
 
     def publisher(self) -> AbstractAsyncContextManager[DiscoveryPublisherLike]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from wool.loadbalancer._hint import hint
 from wool.loadbalancer._protocol import CallInfo, Candidate, LoadBalancerLike
 from wool.loadbalancer._roundrobin import LeastLoadedLoadBalancer, RoundRobinLoadBalancer
 
@@ -11,4 +12,5 @@ __all__ = [
     "LeastLoadedLoadBalancer",
     "LoadBalancerLike",
     "RoundRobinLoadBalancer",
+    "hint",
 ]

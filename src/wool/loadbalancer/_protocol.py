@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 from wool.discovery import WorkerMetadata
+from wool.loadbalancer._hint import NO_HINTS
 
 __all__ = ["CallInfo", "Candidate", "LoadBalancerLike"]
 
@@ -24,6 +26,14 @@ class CallInfo:
     depth: int = 0
     #: The routine is an async generator (the worker is held until it is closed).
     generator: bool = False
+    #: The caller's ``with wool.hint(...)`` in effect when the call was made (read-only):
+    #: per-call hints for the balancer, such as a key whose calls should share a worker.
+    #: Never sent. Not part of the hash (a mapping is not hashable); compared for equality.
+    hints: Mapping[str, str] = field(default_factory=lambda: NO_HINTS, hash=False)
+
+    def __post_init__(self) -> None:
+        if type(self.hints) is not MappingProxyType:
+            object.__setattr__(self, "hints", MappingProxyType(dict(self.hints)))
 
     @property
     def nested(self) -> bool:

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import uuid
+from collections.abc import Mapping
 from contextvars import Token
 from dataclasses import replace
 from types import TracebackType
@@ -297,6 +298,12 @@ class WorkerPool:
             )
             await _first_worker(proxy)
             return
+        reasons = _left_out(self.discovery)
+        if reasons:
+            raise NoWorkersAvailable(
+                f"no usable workers{tags} found through {self.discovery!r} within "
+                f"{self.start_timeout:g} s; these were left out: {reasons}"
+            )
         raise NoWorkersAvailable(
             f"no workers{tags} found through {self.discovery!r} within "
             f"{self.start_timeout:g} s; check that workers run with the same discovery and "
@@ -436,6 +443,15 @@ async def _first_worker(proxy: WorkerProxy) -> None:
         if proxy.refused:  # a worker was found but TLS refused it: say why
             raise proxy.refused[-1]
         await proxy.changed()
+
+
+def _left_out(discovery: object) -> str:
+    """Why discovery left workers out, if it says (the optional ``left_out`` mapping of
+    ``wool.DnsDiscovery``; a discovery written without one says nothing)."""
+    left_out = getattr(discovery, "left_out", None)
+    if not isinstance(left_out, Mapping):
+        return ""
+    return "; ".join(f"{where}: {why}" for where, why in left_out.items())  # pyright: ignore[reportUnknownVariableType]
 
 
 def _check_discovery(discovery: object) -> None:
