@@ -12,7 +12,8 @@ time of their own, with how many times each ran per call::
 cProfile slows what it profiles (each Python function call costs more), so the absolute
 times are inflated, more so for code made of many small calls; the counts per call are
 exact. The worker is profiled through ``benchmarks/_profiling/sitecustomize.py`` (on its
-``PYTHONPATH``), started and stopped by signals.
+``PYTHONPATH``), started and stopped by signals. Python 3.11 only: from 3.12, cProfile
+profiles every thread of a process at once.
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ def _wait_for(path: Path, timeout: float) -> None:
 
 
 def main() -> None:
+    if sys.version_info >= (3, 12):
+        # cProfile is built on sys.monitoring there: one profiler for every thread of the
+        # process at once, so the threads cannot be told apart.
+        raise SystemExit("profile_call.py profiles thread by thread: run it on Python 3.11")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument("--calls", type=int, default=3000)
