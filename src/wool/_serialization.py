@@ -233,7 +233,12 @@ Buffer = bytes | memoryview
 
 def unpack(data: Payload | memoryview) -> tuple[Buffer, list[Buffer]]:
     """The pickle of a payload and its out-of-band buffers, each in one piece."""
-    parts: Sequence[Buffer] = data.parts if isinstance(data, Segments) else [data]
+    if not isinstance(data, Segments):
+        if not data or data[0] != _SEGMENTED[0]:
+            return data, []  # a plain pickle in one piece: every small value
+        parts: Sequence[Buffer] = [data]
+    else:
+        parts = data.parts
     size = len(data)
     if not size or _span(parts, 0, 1)[0] != _SEGMENTED[0]:
         return _span(parts, 0, size), []
