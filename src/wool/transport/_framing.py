@@ -22,6 +22,7 @@ __all__ = [
     "decode_chunk",
     "encode_chunk",
     "fixed_size",
+    "read_varint",
     "split",
     "varint",
 ]
@@ -182,7 +183,9 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(data: memoryview, at: int) -> tuple[int, int]:
+def read_varint(data: bytes | memoryview, at: int) -> tuple[int, int]:
+    """The varint at ``data[at:]`` and where it ends. Raises IndexError if it runs past
+    the end, ValueError if it is longer than 64 bits."""
     value = shift = 0
     while True:
         byte = data[at]
@@ -212,10 +215,10 @@ def decode_chunk(data: bytes, message_type: type) -> Any:
         return None
     view = memoryview(data)
     try:
-        length, at = _read_varint(view, 1)
+        length, at = read_varint(view, 1)
         if at + length != len(view) or view[at] != _DATA_TAG:
             return None
-        size, start = _read_varint(view, at + 1)
+        size, start = read_varint(view, at + 1)
         if start + size != len(view):
             return None
     except (IndexError, ValueError):

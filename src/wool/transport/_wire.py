@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import betterproto2
 
-from wool.transport._framing import varint
+from wool.transport._framing import read_varint, varint
 from wool.transport._protocol.wool.v1 import (
     Answer,
     AnswerBatch,
@@ -163,17 +163,8 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
     try:
-        while True:
-            byte = data[at]
-            at += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value, at
-            shift += 7
-            if shift > 63:
-                raise ValueError("varint too long")
+        return read_varint(data, at)
     except IndexError:
         raise ValueError("a varint runs past the end of the message") from None
 
