@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import pickle
 import re
@@ -17,8 +18,10 @@ from hypothesis import strategies as st
 import wool
 from wool import _serialization
 from wool._serialization import Segments, dumps_payload, load, loads, unpack
+from wool.transport._channel import send
 from wool.transport._framing import Assembler, Limits, split
 from wool.transport._grpc import _Codec  # pyright: ignore[reportPrivateUsage]
+from wool.transport._h2 import MAX_FRAME_SIZE
 from wool.transport._protocol.wool.v1 import Chunk, Request, Response, Task
 
 from .semantics_routines import lines, note, until_noted
@@ -380,6 +383,47 @@ def test_no_message_of_a_split_payload_exceeds_the_maximum() -> None:
     assert all(type(part) is bytes for part in arguments.parts)
 
 
+class _OpenWindowStream:
+    """A stream that, like grpclib's while the peer's window is open, sends a message
+    without ever letting the loop run; it records what else ran between messages."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.ticks_between: list[int] = []
+        self.ticks = 0
+
+    async def send_message(self, message: Request, end: bool = False) -> None:
+        self.ticks_between.append(self.ticks)
+        self.sent.append(len(bytes(message)))
+
+
+def test_a_large_payload_is_sent_a_frame_at_a_time_with_the_loop_running_between() -> None:
+    stream = _OpenWindowStream()
+    payload = bytes(10 * MiB)
+    request = Request(task=Task(routine="r", function=b"f" * 100, arguments=payload))
+
+    async def main() -> None:
+        async def tick() -> None:
+            while True:
+                stream.ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.get_running_loop().create_task(tick())
+        await asyncio.sleep(0)
+        try:
+            await send(stream, request, Limits())  # pyright: ignore[reportArgumentType]
+        finally:
+            ticker.cancel()
+
+    asyncio.run(main())  # the transport's loop is asyncio, whatever the host's backend
+    # Each chunk, with gRPC's 5-byte prefix, fills at most one HTTP/2 frame...
+    assert len(stream.sent) > 10
+    assert all(size + 5 <= MAX_FRAME_SIZE for size in stream.sent[:-1])
+    # ... and the loop's other tasks (other calls, pings) run between any two of them.
+    steps = [b - a for a, b in itertools.pairwise(stream.ticks_between)]
+    assert all(step >= 1 for step in steps), steps
+
+
 def _received(data: Segments, cuts: list[int]) -> Segments:
     """``data`` as a receiver gets it: the whole payload cut into bytes objects at ``cuts``."""
     whole = data.join()
@@ -395,6 +439,17 @@ def test_a_payload_received_in_parts_is_loaded_with_one_copy_of_its_large_bytes(
     assert [type(buffer) for buffer in buffers] == [bytes]
     (value, small), _ = pickle.loads(pickled, buffers=buffers)
     assert value is buffers[0] and value == big and small == b"small"
+
+
+async def test_a_large_received_payload_is_freed_by_load_not_by_its_caller() -> None:
+    big = bytes(range(256)) * (6 * MiB // 256)
+    received = _received(dumps_payload(((big, b"small"), {})), [1000, MiB, 2 * MiB, 5 * MiB])
+    assert received.size >= 4 * MiB  # loaded in a thread
+    (value, small), _ = await load(received)
+    assert value == big and small == b"small"
+    # Its parts were dropped in load's thread, a part at a time, not all at once when
+    # the caller lets go of the payload (on the event loop, holding the GIL meanwhile).
+    assert received.parts == []
 
 
 @settings(max_examples=100, deadline=None)

@@ -76,7 +76,8 @@ class WorkerPool:
             root calls beyond it until a slot frees. Nested calls are never limited.
         log_level: logging level of the worker processes.
         max_message_size: bytes in one message on the wire; larger arguments, results and
-            items travel in chunks of this size. Workers the pool spawns use the same.
+            items travel in chunks (of 1 MiB, or of this size if smaller). Workers the
+            pool spawns use the same.
         max_payload_size: bytes an argument tuple, return value, yielded item or sent
             value may pickle to (default 1 GiB). A call over it raises
             ``SerializationError`` before anything is sent.

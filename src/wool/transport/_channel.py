@@ -4,6 +4,7 @@ grpclib's loop."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from wool._errors import ProtocolError
 from wool.security import WorkerCredentials, unix_path
 from wool.transport._edges import ConnectionWatch, client_tls
 from wool.transport._framing import Assembler, Limits, decode_chunk, encode_chunk, split
-from wool.transport._h2 import tuned
+from wool.transport._h2 import MAX_FRAME_SIZE, tuned
 from wool.transport._protocol.wool.v1 import AnswerBatch, CallBatch, Request, Response
 from wool.transport._wire import decode_answer_batch, decode_call_batch
 
@@ -116,6 +117,10 @@ class Codec(CodecBase):
             ) from exc
 
 
+# A chunk message and gRPC's 5-byte prefix fill one frame of the size wool's peers accept.
+_CHUNK_MESSAGE = MAX_FRAME_SIZE - 5
+
+
 async def send(
     stream: grpclib.client.Stream[Any, Any] | grpclib.server.Stream[Any, Any],
     message: Request | Response,
@@ -123,10 +128,17 @@ async def send(
     *,
     end: bool = False,
 ) -> None:
-    """Send one message, in chunks if its payload is too large for one."""
-    messages = split(message, limits.max_message)
+    """Send one message, in chunks if its payload is too large for one.
+
+    A chunk fills one HTTP/2 frame, and the loop runs its other work between chunks:
+    grpclib sends a message's frames without a pause while the peer's window allows, so
+    a large payload sent whole would hold up every other call on the connection (their
+    messages, their answers, the pings) for as long as it takes to copy it out.
+    """
+    messages = split(message, limits.max_message, max_chunk=_CHUNK_MESSAGE)
     for part in messages[:-1]:
         await stream.send_message(part)
+        await asyncio.sleep(0)
     if end:  # only a client ends its side with its last message
         await stream.send_message(messages[-1], end=True)  # pyright: ignore[reportCallIssue]
     else:

@@ -104,11 +104,14 @@ def _with_payload(message: Request | Response, data: bytes) -> Request | Respons
     )
 
 
-def split(message: Request | Response, max_message: int) -> list[Request | Response]:
+def split(
+    message: Request | Response, max_message: int, *, max_chunk: int | None = None
+) -> list[Request | Response]:
     """The messages that carry ``message``: Chunks of its payload, then the message.
 
     Payloads given as :class:`~wool._serialization.Segments` are chunked without joining
-    them, or joined when they fit in one message.
+    them, or joined when they fit in one message. A Chunk message is at most ``max_chunk``
+    bytes (default, and at most, ``max_message``).
     """
     data = payload(message)
     if data is None:
@@ -125,7 +128,7 @@ def split(message: Request | Response, max_message: int) -> list[Request | Respo
             f"a {type(message).__name__} without its payload is larger than the maximum "
             f"message size of {max_message} bytes"
         )
-    part = max_message - _OVERHEAD
+    part = min(max_chunk or max_message, max_message) - _OVERHEAD
     kind = type(message)
     messages: list[Request | Response] = []
     for segment in data.parts if isinstance(data, Segments) else [data]:
