@@ -44,6 +44,10 @@ def hint(
     a worker carry only the hints that routine gives with its own ``wool.hint`` (and are
     chosen by that worker's balancer). The built-in balancers ignore hints.
 
+    In an async generator, do not ``yield`` inside the block unless the generator is always
+    iterated from one task: ending the block in another task's context raises
+    ``ValueError``, as for any context manager that sets a context variable.
+
     Yields the hints in effect inside the block (read-only).
 
     Raises:
