@@ -503,6 +503,46 @@ async def test_dns_discovery_probes_workers_with_the_pools_credentials(
         assert worker.stop() == 0
 
 
+async def test_a_call_that_finds_every_worker_left_out_is_told_why(
+    ca: trustme.CA, tmp_path: Path, namespace: str
+) -> None:
+    # Certificates rotate under a running pool: the worker at the address it follows comes
+    # back with a certificate this pool does not trust, so its probes leave it out.
+    good = credentials(ca, "caller")
+    first = start_worker(
+        "--namespace", namespace, "--host", "127.0.0.1",
+        *write(credentials(ca, "localhost"), tmp_path / "first"),
+    )  # fmt: skip
+    replacement: Worker | None = None
+    try:
+        port = _port(first)
+        discovery = wool.DnsDiscovery("localhost", port, interval=0.2, credentials=good)
+        pool = wool.WorkerPool(discovery=discovery, credentials=good, start_timeout=3)
+        async with pool:
+            with anyio.fail_after(30):
+                assert (await whereami())[0] == first.pid
+            assert first.stop() == 0
+            other_ca = trustme.CA()
+            replacement = start_worker(
+                "--namespace", namespace, "--host", "127.0.0.1", "--port", str(port),
+                *write(credentials(other_ca, "localhost", trust=ca), tmp_path / "second"),
+            )  # fmt: skip
+            _port(replacement)
+            with anyio.fail_after(30):  # discovery drops the first and leaves the second out
+                while pool.workers or f"127.0.0.1:{port}" not in discovery.left_out:
+                    await anyio.sleep(0.05)
+            with pytest.raises(wool.NoWorkersAvailable) as refused:
+                with anyio.fail_after(30):
+                    await add(1, 1)
+        reason = discovery.left_out[f"127.0.0.1:{port}"]
+        assert f"left out: 127.0.0.1:{port}: {reason}" in str(refused.value)
+        assert "tags" not in str(refused.value)
+    finally:
+        first.stop()
+        if replacement is not None:
+            assert replacement.stop() == 0
+
+
 def test_wool_workers_verifies_workers_with_its_tls_options(
     ca: trustme.CA, tls_worker: Worker, namespace: str, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ class open_proxy:
         description: str = "the pool",
         credentials: WorkerCredentials | None = None,
         insecure: bool = False,
+        left_out: Callable[[], str] | None = None,
     ) -> None:
         self._discovery = discovery
         self._filter = filter
@@ -53,6 +54,7 @@ class open_proxy:
             description=description,
             credentials=credentials,
             insecure=insecure,
+            left_out=left_out,
         )
         self._tg = anyio.create_task_group()
 

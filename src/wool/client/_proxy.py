@@ -77,6 +77,7 @@ class WorkerProxy:
         description: str = "the pool",
         credentials: WorkerCredentials | None = None,
         insecure: bool = False,
+        left_out: Callable[[], str] | None = None,
     ) -> None:
         self._portal = portal
         self._credentials = credentials
@@ -91,6 +92,7 @@ class WorkerProxy:
             wait_for_workers=wait_for_workers,
             description=description,
             notify=self._notify,
+            left_out=left_out,
         )
         self._clients: dict[str, Client] = {}
         self._closing: list[Client] = []

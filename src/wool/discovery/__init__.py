@@ -13,6 +13,7 @@ from wool.discovery._protocol import (
     EventKind,
     WorkerFilter,
     WorkerMetadata,
+    left_out_of,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "MergedDiscovery",
     "WorkerFilter",
     "WorkerMetadata",
+    "left_out_of",
 ]

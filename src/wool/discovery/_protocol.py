@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -14,6 +14,7 @@ __all__ = [
     "EventKind",
     "WorkerFilter",
     "WorkerMetadata",
+    "left_out_of",
 ]
 
 #: What happened to a worker: it appeared, its metadata changed, or it left (or died).
@@ -109,3 +110,13 @@ class DiscoveryLike(Protocol):
         open. Errors it raises reach the pool's owner.
         """
         ...
+
+
+def left_out_of(discovery: object) -> str:
+    """Why ``discovery`` left workers out, as text ("" if it does not say): the optional
+    ``left_out`` mapping of address to reason (``wool.DnsDiscovery`` has one; a discovery
+    written without one says nothing)."""
+    left_out = getattr(discovery, "left_out", None)
+    if not isinstance(left_out, Mapping):
+        return ""
+    return "; ".join(f"{where}: {why}" for where, why in left_out.items())  # pyright: ignore[reportUnknownVariableType]

@@ -34,8 +34,11 @@ class Selector:
         wait_for_workers: float,
         description: str,
         notify: Callable[[], None],
+        left_out: Callable[[], str] | None = None,
     ) -> None:
         self._balancer = balancer
+        # Why discovery left workers out ("" if it does not say): told to a starved call.
+        self._left_out = left_out
         self._wait_for_workers = wait_for_workers
         self._description = description
         self._notify = notify  # wakes the calls waiting in choose()
@@ -125,6 +128,12 @@ class Selector:
             return NoWorkersAvailable(
                 f"the load balancer of {self._description} accepted none of its workers for "
                 f"{call.routine!r} ({waited})"
+            )
+        reasons = self._left_out() if self._left_out is not None else ""
+        if reasons:
+            return NoWorkersAvailable(
+                f"{self._description} has no usable workers ({waited}); these were left "
+                f"out: {reasons}"
             )
         return NoWorkersAvailable(
             f"{self._description} has no workers ({waited}); "

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 import os
 import sys
 import uuid
-from collections.abc import Mapping
 from contextvars import Token
 from dataclasses import replace
 from types import TracebackType
@@ -19,7 +19,13 @@ import anyio
 from wool._errors import NoWorkersAvailable, WorkerStartError
 from wool.client._open import open_proxy
 from wool.client._proxy import WorkerProxy
-from wool.discovery import DiscoveryLike, LocalDiscovery, MergedDiscovery, WorkerMetadata
+from wool.discovery import (
+    DiscoveryLike,
+    LocalDiscovery,
+    MergedDiscovery,
+    WorkerMetadata,
+    left_out_of,
+)
 from wool.loadbalancer import LoadBalancerLike
 from wool.pool._process import WorkerProcess
 from wool.pool._stats import WorkerStats, ask_workers, check_timeout
@@ -252,6 +258,7 @@ class WorkerPool:
                 description=f"pool {self._discovery.namespace}",
                 credentials=self.credentials,
                 insecure=self.insecure,
+                left_out=functools.partial(left_out_of, self.discovery),
             )
             self._proxy = await self._proxy_scope.__aenter__()
             for process in self._processes:
@@ -299,7 +306,7 @@ class WorkerPool:
             )
             await _first_worker(proxy)
             return
-        reasons = _left_out(self.discovery)
+        reasons = left_out_of(self.discovery)
         if reasons:
             raise NoWorkersAvailable(
                 f"no usable workers{tags} found through {self.discovery!r} within "
@@ -444,15 +451,6 @@ async def _first_worker(proxy: WorkerProxy) -> None:
         if proxy.refused:  # a worker was found but TLS refused it: say why
             raise proxy.refused[-1]
         await proxy.changed()
-
-
-def _left_out(discovery: object) -> str:
-    """Why discovery left workers out, if it says (the optional ``left_out`` mapping of
-    ``wool.DnsDiscovery``; a discovery written without one says nothing)."""
-    left_out = getattr(discovery, "left_out", None)
-    if not isinstance(left_out, Mapping):
-        return ""
-    return "; ".join(f"{where}: {why}" for where, why in left_out.items())  # pyright: ignore[reportUnknownVariableType]
 
 
 def _check_discovery(discovery: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ import anyio
 from wool._errors import WoolError
 from wool.client._open import open_proxy
 from wool.client._proxy import WorkerProxy
-from wool.discovery import WorkerMetadata
+from wool.discovery import WorkerMetadata, left_out_of
 from wool.events._observe import set_worker_id
 from wool.routine import set_process_dispatcher
 from wool.security import exposure
@@ -94,6 +95,7 @@ async def serve(config: WorkerConfig, portal: Portal, executor: Executor, report
                     wait_for_workers=config.wait_for_workers,
                     filter=lambda w: config.tags <= w.tags,
                     description=f"the pool of worker {config.id}",
+                    left_out=functools.partial(left_out_of, config.discovery),
                 ) as proxy,
             ):
                 set_process_dispatcher(proxy)
