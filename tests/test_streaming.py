@@ -449,7 +449,7 @@ async def test_a_large_received_payload_is_freed_by_load_not_by_its_caller() -> 
     assert value == big and small == b"small"
     # Its parts were dropped in load's thread, a part at a time, not all at once when
     # the caller lets go of the payload (on the event loop, holding the GIL meanwhile).
-    assert received.parts == []
+    assert received.parts == [] and len(received) == 0
 
 
 @settings(max_examples=100, deadline=None)

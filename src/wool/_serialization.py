@@ -120,7 +120,7 @@ class Segments:
         off the event loop, once nothing reads them any more). Freeing a large buffer
         gives its pages back to the system while holding the GIL: a 100 MB payload's
         parts at once would stall every thread of the process for about 10 ms."""
-        parts, self.parts = self.parts, []
+        parts, self.parts, self.size = self.parts, [], 0
         while parts:
             parts.pop()
             time.sleep(0)  # releases the GIL
