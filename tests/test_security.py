@@ -5,19 +5,23 @@ Real worker processes and real TLS; certificates are made here with trustme.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
+import shutil
 import socket
 import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import cloudpickle
@@ -25,8 +29,9 @@ import pytest
 import trustme
 
 import wool
-from wool.security import unix_path
+from wool.security import private_socket_path, release_socket, unix_path
 from wool.transport import PROTOCOL_VERSION, Client, Request, Task, portal_for_host
+from wool.transport import _edges as edges
 
 from .routines import add, fib, whereami
 from .test_discovery import WOOL, Worker, start_worker
@@ -163,6 +168,74 @@ def _connect_as_nobody(path: str) -> str:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     return result.stdout.strip()
+
+
+@pytest.fixture
+def own_runtime_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temporary directory of this test's own as wool's runtime root (others' sockets
+    would keep a shared one from being emptied)."""
+    root = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+def _release_everything_once(root: Path) -> Callable[[], None]:
+    """Do what another pool releasing the last socket does (remove ``s``, then
+    ``wool-<uid>``), the first time it is called."""
+    done: list[bool] = []
+
+    def release() -> None:
+        if not done:
+            done.append(True)
+            runtime = root / f"wool-{os.getuid()}"
+            for directory in (runtime / "s", runtime):
+                with contextlib.suppress(FileNotFoundError):
+                    directory.rmdir()
+
+    return release
+
+
+def test_a_socket_directory_removed_midway_by_another_pool_is_made_again(
+    own_runtime_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = _release_everything_once(own_runtime_root)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.name == "s":
+            release()  # between creating wool-<uid> and creating s in it
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    host = private_socket_path("race")
+    path = unix_path(host)
+    assert path is not None and Path(path).parent.is_dir()
+    release_socket(host)
+
+
+def test_a_socket_directory_removed_before_bind_is_made_again(
+    own_runtime_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = private_socket_path("race")
+    release = _release_everything_once(own_runtime_root)
+    real_probe = edges._remove_stale_socket
+
+    def probe_then_race(path: str) -> None:
+        real_probe(path)
+        release()  # between the directories' check and bind
+
+    monkeypatch.setattr(edges, "_remove_stale_socket", probe_then_race)
+    sock = edges.listening_socket(host, 0)
+    try:
+        path = unix_path(host)
+        assert path is not None and stat.S_ISSOCK(Path(path).stat().st_mode)
+    finally:
+        sock.close()
+        edges.remove_socket(host)
+    assert not (own_runtime_root / f"wool-{os.getuid()}").exists()
 
 
 # ------------------------------------------------------------------------ durable TLS

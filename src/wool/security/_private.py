@@ -8,6 +8,7 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -71,24 +72,44 @@ def _owned_privately(path: Path) -> bool:
     return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
-def prepare_socket_directory(socket_path: str) -> None:
-    """Create the directories of a socket in wool's runtime directory (mode 0700), and
-    check that only this user can enter them; other sockets are left as they are.
+def prepare_socket_directory(socket_path: str, then: Callable[[], None] = lambda: None) -> None:
+    """Create the directories of a socket in wool's runtime directory (mode 0700), check
+    that only this user can enter them, and call ``then`` (which binds the socket); other
+    sockets' directories are left as they are.
+
+    Whoever releases the last socket removes the directories, and another process may do
+    so between these steps: a step that finds a directory gone starts again.
 
     Raises:
         SecurityError: a directory exists but another user owns it, or others may enter
             it (someone could then reach or impersonate the workers in it).
+        FileNotFoundError: the directories vanished on every attempt.
     """
     if not _in_runtime_directory(socket_path):
+        then()
         return  # a socket the user placed: its directory is the user's to guard
     directory = Path(socket_path).parent
-    for path in (directory.parent, directory):
-        path.mkdir(mode=0o700, exist_ok=True)
-        if not _owned_privately(path):
-            raise SecurityError(
-                f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; "
-                "remove it (or fix its owner and mode) so wool can keep its sockets private"
-            )
+    for attempt in range(_ATTEMPTS):
+        try:
+            _make_private(directory.parent)
+            _make_private(directory)
+            then()
+            return
+        except FileNotFoundError:
+            if attempt == _ATTEMPTS - 1:
+                raise
+
+
+_ATTEMPTS = 3
+
+
+def _make_private(path: Path) -> None:
+    path.mkdir(mode=0o700, exist_ok=True)
+    if not _owned_privately(path):
+        raise SecurityError(
+            f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; "
+            "remove it (or fix its owner and mode) so wool can keep its sockets private"
+        )
 
 
 def release_socket(host: str) -> None:

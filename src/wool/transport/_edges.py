@@ -218,11 +218,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
     left there by a killed worker is replaced, a live one is not)."""
     path = unix_path(host)
     if path is not None:
-        prepare_socket_directory(path)  # another pool may have just removed it
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
+
+        def bind() -> None:
             _remove_stale_socket(path)
             sock.bind(path)
+
+        try:
+            prepare_socket_directory(path, then=bind)  # another pool may have just removed it
             os.chmod(path, 0o600)
         except OSError:
             sock.close()
